@@ -1,0 +1,155 @@
+//! Bounded, thread-safe caches of decompressed blocks and parsed inodes, with counters.
+//!
+//! Built on `quick_cache::sync::Cache`: weighted capacity in bytes, sharded (no global lock),
+//! S3-FIFO eviction (a big sequential read does not flush hot metadata), and single-flight
+//! loading: concurrent misses on one key decompress it once while the others wait for it.
+//! Metadata, fragment and data blocks live in separate caches, so a hostile image cannot make
+//! one kind of block be served as another.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use crate::error::Result;
+
+/// Cache budgets. Memory used by the reader is bounded by their sum plus small per-image state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Decompressed metadata blocks (inode, directory, id, fragment, xattr tables), in bytes.
+    pub metadata_bytes: u64,
+    /// Decompressed fragment blocks, in bytes.
+    pub fragment_bytes: u64,
+    /// Decompressed data blocks, in bytes (uncompressed and sparse blocks never enter it).
+    pub data_bytes: u64,
+    /// Parsed inodes, in entries.
+    pub inodes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            metadata_bytes: 8 << 20,
+            fragment_bytes: 4 << 20,
+            data_bytes: 4 << 20,
+            inodes: 16 * 1024,
+        }
+    }
+}
+
+/// Counters of one image, for `stats` and for tests that prove laziness.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) metadata_misses: AtomicU64,
+    pub(crate) metadata_hits: AtomicU64,
+    pub(crate) data_misses: AtomicU64,
+    pub(crate) data_hits: AtomicU64,
+    pub(crate) fragment_misses: AtomicU64,
+    pub(crate) fragment_hits: AtomicU64,
+    pub(crate) decompressed_bytes: AtomicU64,
+}
+
+/// A snapshot of an image's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Metadata blocks read from the image (cache misses).
+    pub metadata_misses: u64,
+    /// Metadata block cache hits.
+    pub metadata_hits: u64,
+    /// Compressed data blocks decompressed.
+    pub data_misses: u64,
+    /// Data block cache hits.
+    pub data_hits: u64,
+    /// Fragment blocks read.
+    pub fragment_misses: u64,
+    /// Fragment cache hits.
+    pub fragment_hits: u64,
+    /// Bytes produced by decompression, all kinds.
+    pub decompressed_bytes: u64,
+    /// Bytes held by the block caches now.
+    pub cached_bytes: u64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+/// Weighs a cached block by its length plus bookkeeping.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByLength;
+
+/// Anything whose cache weight is its byte size.
+pub(crate) trait Weighed {
+    fn weight(&self) -> u64;
+}
+
+impl<T: Weighed> Weighter<u64, Arc<T>> for ByLength {
+    fn weight(&self, _key: &u64, val: &Arc<T>) -> u64 {
+        val.weight() + 64
+    }
+}
+
+/// A byte-bounded cache keyed by absolute image offset.
+pub(crate) struct BlockCache<T: Weighed> {
+    cache: Cache<u64, Arc<T>, ByLength>,
+}
+
+impl<T: Weighed> std::fmt::Debug for BlockCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCache").field("bytes", &self.cache.weight()).finish()
+    }
+}
+
+impl<T: Weighed> BlockCache<T> {
+    /// `typical` is the usual entry size, used to size the hash table.
+    pub(crate) fn new(bytes: u64, typical: u64) -> Self {
+        let items = usize::try_from((bytes / typical.max(1)).max(16)).unwrap_or(16);
+        BlockCache { cache: Cache::with_weighter(items, bytes.max(1), ByLength) }
+    }
+
+    /// Returns the cached block or loads it once, however many threads ask at the same time.
+    pub(crate) fn get_or_load(
+        &self,
+        key: u64,
+        hits: &AtomicU64,
+        misses: &AtomicU64,
+        load: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let mut loaded = false;
+        let v = self.cache.get_or_insert_with(&key, || {
+            loaded = true;
+            load().map(Arc::new)
+        })?;
+        Counters::bump(if loaded { misses } else { hits }, 1);
+        Ok(v)
+    }
+
+    pub(crate) fn weight(&self) -> u64 {
+        self.cache.weight()
+    }
+}
+
+/// A count-bounded cache of parsed objects.
+pub(crate) struct ObjectCache<T> {
+    cache: Cache<u64, Arc<T>>,
+}
+
+impl<T> std::fmt::Debug for ObjectCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectCache").field("len", &self.cache.len()).finish()
+    }
+}
+
+impl<T> ObjectCache<T> {
+    pub(crate) fn new(entries: u64) -> Self {
+        let n = usize::try_from(entries.max(16)).unwrap_or(16);
+        ObjectCache { cache: Cache::new(n) }
+    }
+
+    pub(crate) fn get_or_load(&self, key: u64, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        self.cache.get_or_insert_with(&key, || load().map(Arc::new))
+    }
+}
