@@ -1,15 +1,29 @@
 //! Union semantics of parallaxfs: the kernel overlayfs's rules, in a library.
 //!
-//! Owns: the `Layer` trait and its kinds (a SquashFS image from `parallaxfs-squash`, a plain
-//! directory, the upper directory with its workdir), the `Stack` of ordered layers, lookup and
-//! readdir merge, whiteouts and opaque directories in every on-disk form, copy-up through the
-//! workdir, rename (lower directories included) and the stable, unique inode numbers users see.
+//! Owns: the [`Layer`] trait and its kinds ([`SquashLayer`] for a SquashFS image read in
+//! process, [`PlainLayer`] for a directory), the [`Stack`] of ordered layers, lookup and
+//! readdir merge, whiteouts and opaque directories in every on-disk form ([`whiteout`]), and
+//! the stable, unique inode numbers users see ([`inode_number`]). Copy-up through the workdir
+//! and the upper layer arrive with the copy-on-write issue.
 //!
-//! Knows nothing of FUSE (that is `parallaxfs-fs`) or of command lines. The store tool uses it to
-//! flatten image layers. See `shared/docs/overlay_semantics.md` for the rules it implements.
+//! Knows nothing of FUSE (that is `parallaxfs-fs`) or of command lines. The store tool uses it
+//! to flatten image layers. Start at [`Stack::new`]; the rules are those of
+//! `shared/docs/overlay_semantics.md`.
 //!
-//! Status: the layer and stack types arrive with the read-only union mount (issue 5); this crate
-//! exists from the first commit so the layout shows the design.
+//! Invariants: a layer handle never escapes its layer (directory layers are walked one
+//! component at a time with `O_NOFOLLOW`); `st_ino` of an object is decided in one place
+//! ([`inode_number::InodeNumbers::compose`]) and is the same from lookup, getattr and readdir.
 #![forbid(unsafe_code)]
 
+pub mod attr;
+mod error;
+pub mod inode_number;
+pub mod layer;
+mod stack;
+pub mod whiteout;
+
+pub use attr::{Attr, FileKind, Time};
+pub use error::{Error, Result};
+pub use layer::{FileReader, Handle, Layer, PlainLayer, RawEntry, SquashLayer, StatFs};
 pub use parallaxfs_squash as squash;
+pub use stack::{DirItem, Node, Stack, NAME_MAX};

@@ -29,12 +29,7 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig {
-            metadata_bytes: 8 << 20,
-            fragment_bytes: 4 << 20,
-            data_bytes: 4 << 20,
-            inodes: 16 * 1024,
-        }
+        CacheConfig { metadata_bytes: 8 << 20, fragment_bytes: 4 << 20, data_bytes: 4 << 20, inodes: 16 * 1024 }
     }
 }
 

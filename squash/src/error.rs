@@ -63,10 +63,9 @@ impl Error {
             Error::NotSymlink => libc::EINVAL,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             // Bad bytes in an image are an I/O error to the caller, as the kernel answers.
-            Error::NotSquashfs { .. }
-            | Error::Corrupt { .. }
-            | Error::Truncated { .. }
-            | Error::Unsupported(_) => libc::EIO,
+            Error::NotSquashfs { .. } | Error::Corrupt { .. } | Error::Truncated { .. } | Error::Unsupported(_) => {
+                libc::EIO
+            }
         }
     }
 }

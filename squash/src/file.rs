@@ -116,9 +116,9 @@ impl Inner {
     /// Decompressed data block at `at` with on-disk length `len`; must produce exactly `expect`.
     fn data_block(&self, at: u64, len: u32, expect: usize) -> Result<Arc<DataBlock>> {
         let c = &self.counters;
-        let block = self.data_cache.get_or_load(at, &c.data_hits, &c.data_misses, || {
-            self.decompress_block(at, len, "data block")
-        })?;
+        let block = self
+            .data_cache
+            .get_or_load(at, &c.data_hits, &c.data_misses, || self.decompress_block(at, len, "data block"))?;
         if block.0.len() != expect {
             return Err(Error::corrupt("data block decompressed to the wrong length", at));
         }
@@ -144,7 +144,9 @@ impl Inner {
             _ if entry.size & (UNCOMPRESSED - 1) > self.superblock.block_size => {
                 Err(Error::corrupt("fragment block size", entry.start))
             }
-            _ if entry.start.checked_add(u64::from(entry.size & (UNCOMPRESSED - 1)))
+            _ if entry
+                .start
+                .checked_add(u64::from(entry.size & (UNCOMPRESSED - 1)))
                 .is_none_or(|end| end > self.superblock.inode_table) =>
             {
                 Err(Error::corrupt("fragment block outside the data area", entry.start))

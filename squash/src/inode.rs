@@ -205,11 +205,7 @@ fn xattr_field(v: u32) -> Option<u32> {
 
 impl Inner {
     pub(crate) fn inode_bounds(&self) -> Bounds {
-        Bounds {
-            start: self.superblock.inode_table,
-            end: self.superblock.directory_table,
-            what: "inode table",
-        }
+        Bounds { start: self.superblock.inode_table, end: self.superblock.directory_table, what: "inode table" }
     }
 
     /// Parses the inode at `r` (through the inode cache).

@@ -44,7 +44,6 @@ impl<'a> Le<'a> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,9 +148,8 @@ impl Image {
         let fragment_table = sb
             .fragment_table
             .map(|at| Table::new(at, u64::from(sb.fragments), 16, sb.directory_table, "fragment table"));
-        let export_table = sb
-            .export_table
-            .map(|at| Table::new(at, u64::from(sb.inodes), 8, sb.directory_table, "export table"));
+        let export_table =
+            sb.export_table.map(|at| Table::new(at, u64::from(sb.inodes), 8, sb.directory_table, "export table"));
         let mut inner = Inner {
             superblock: sb,
             compressor_options: None,

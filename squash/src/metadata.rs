@@ -44,9 +44,9 @@ impl Inner {
             return Err(Error::corrupt(bounds.what, pos));
         }
         let c = &self.counters;
-        let block = self.md_cache.get_or_load(pos, &c.metadata_hits, &c.metadata_misses, || {
-            self.load_md_block(pos, bounds.what)
-        })?;
+        let block = self
+            .md_cache
+            .get_or_load(pos, &c.metadata_hits, &c.metadata_misses, || self.load_md_block(pos, bounds.what))?;
         // The cache is keyed by offset only; a block cached for a wider table must still fit
         // the table asking now.
         if block.next > bounds.end {
@@ -70,11 +70,7 @@ impl Inner {
             raw.into()
         } else {
             let mut out = vec![0u8; METADATA_SIZE];
-            let n = self
-                .superblock
-                .compressor
-                .decompress(raw, &mut out)
-                .map_err(|()| Error::corrupt(what, pos))?;
+            let n = self.superblock.compressor.decompress(raw, &mut out).map_err(|()| Error::corrupt(what, pos))?;
             if n == 0 {
                 return Err(Error::corrupt(what, pos));
             }

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use memmap2::{Advice, Mmap};
@@ -44,15 +43,15 @@ impl std::str::FromStr for IoMode {
 /// `statfs` magic numbers of filesystems whose files can vanish or shrink under a reader on
 /// another node; mapping them invites SIGBUS.
 const NETWORK_FS_MAGICS: &[i64] = &[
-    0x6969,              // NFS
-    0x0BD0_0BD0,         // Lustre
+    0x6969,                // NFS
+    0x0BD0_0BD0,           // Lustre
     0xFF53_4D42u32 as i64, // CIFS
     0xFE53_4D42u32 as i64, // SMB2
-    0x4750_4653,         // GPFS
-    0x00C3_6400,         // Ceph
-    0x1983_0326,         // BeeGFS
-    0x6573_5546,         // FUSE
-    0x5346_414F,         // AFS
+    0x4750_4653,           // GPFS
+    0x00C3_6400,           // Ceph
+    0x1983_0326,           // BeeGFS
+    0x6573_5546,           // FUSE
+    0x5346_414F,           // AFS
 ];
 
 /// True when `file` lives on a filesystem where pread is the safe choice.
@@ -107,12 +106,7 @@ impl Source {
 
     /// Reads `file` with pread; `len` bytes are known to exist.
     pub(crate) fn pread(file: File, len: u64) -> Source {
-        let _ = nix::fcntl::posix_fadvise(
-            file.as_raw_fd(),
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
-        );
+        let _ = nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
         Source { kind: Kind::Pread(file), limit: len }
     }
 
@@ -186,12 +180,7 @@ impl Source {
             }
             Kind::Pread(f) => {
                 let (Ok(o), Ok(l)) = (i64::try_from(off), i64::try_from(len)) else { return };
-                let _ = nix::fcntl::posix_fadvise(
-                    f.as_raw_fd(),
-                    o,
-                    l,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-                );
+                let _ = nix::fcntl::posix_fadvise(f, o, l, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
             }
             _ => {}
         }

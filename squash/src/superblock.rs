@@ -113,12 +113,10 @@ impl SuperBlock {
         let export_table = le.u64()?;
 
         if (major, minor) != (4, 0) {
-            return Err(Error::Unsupported(format!(
-                "SquashFS version {major}.{minor} (only 4.0 is supported)"
-            )));
+            return Err(Error::Unsupported(format!("SquashFS version {major}.{minor} (only 4.0 is supported)")));
         }
-        let compressor = Compressor::from_id(compression)
-            .ok_or(Error::corrupt("superblock: unknown compressor id", 20))?;
+        let compressor =
+            Compressor::from_id(compression).ok_or(Error::corrupt("superblock: unknown compressor id", 20))?;
         if !(12..=20).contains(&block_log) || block_size != 1 << block_log {
             return Err(Error::corrupt("superblock: block size and block_log disagree", 12));
         }

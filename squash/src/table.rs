@@ -42,10 +42,8 @@ impl Table {
         let len = usize::try_from(blocks * 8).map_err(|_| Error::corrupt(self.what, self.index_at))?;
         let mut scratch = Vec::new();
         let raw = inner.source.get(self.index_at, len, &mut scratch, self.what)?;
-        let entries: Box<[u64]> = raw
-            .chunks_exact(8)
-            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .collect();
+        let entries: Box<[u64]> =
+            raw.chunks_exact(8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect();
         let _ = self.index.set(entries);
         Ok(self.index.get().map(|b| &b[..]).unwrap_or(&[]))
     }

@@ -92,7 +92,11 @@ impl Inner {
                     return Err(c.corrupt("out-of-line xattr reference size"));
                 }
                 let r = c.u64()?;
-                if wanted { Some(self.read_value(&mut self.kv_cursor(tables, r)?)?) } else { None }
+                if wanted {
+                    Some(self.read_value(&mut self.kv_cursor(tables, r)?)?)
+                } else {
+                    None
+                }
             } else if wanted {
                 Some(self.value_bytes(&mut c, vsize)?)
             } else {

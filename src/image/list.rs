@@ -60,14 +60,9 @@ fn long_line(image: &Image, inode: &Inode, name: &[u8]) -> Result<Vec<u8>> {
         }
         _ => format!("{:>width$}", inode.size),
     };
-    let mut line = format!(
-        "{} {} {} {} ",
-        mode_string(inode.kind, inode.perm),
-        owner,
-        size,
-        timefmt::short(inode.mtime)
-    )
-    .into_bytes();
+    let mut line =
+        format!("{} {} {} {} ", mode_string(inode.kind, inode.perm), owner, size, timefmt::short(inode.mtime))
+            .into_bytes();
     line.extend_from_slice(name);
     if inode.kind == Kind::Symlink {
         line.extend_from_slice(b" -> ");

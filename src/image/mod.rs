@@ -72,9 +72,7 @@ fn open(arg: &ImageArg) -> Result<Image> {
 }
 
 fn resolve(image: &Image, image_path: &Path, path: &str) -> Result<std::sync::Arc<Inode>> {
-    image
-        .resolve(path.as_bytes())
-        .with_context(|| format!("{}: {path}", image_path.display()))
+    image.resolve(path.as_bytes()).with_context(|| format!("{}: {path}", image_path.display()))
 }
 
 /// Runs one `image` subcommand.
@@ -104,8 +102,7 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
             if inode.kind != Kind::File {
                 bail!("{}: {}: not a regular file", args.image.image.display(), args.path);
             }
-            cat(&mut out, &image, &inode)
-                .with_context(|| format!("{}: {}", args.image.image.display(), args.path))?;
+            cat(&mut out, &image, &inode).with_context(|| format!("{}: {}", args.image.image.display(), args.path))?;
         }
         ImageCommand::Check(arg) => {
             let image = open(&arg)?;

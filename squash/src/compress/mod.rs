@@ -163,15 +163,8 @@ impl CompressorOptions {
     pub(crate) fn parse(comp: Compressor, b: &[u8], offset: u64) -> Result<CompressorOptions> {
         let mut le = crate::le::Le::new(b, "compressor options", offset);
         Ok(match comp {
-            Compressor::Gzip => CompressorOptions::Gzip {
-                level: le.u32()?,
-                window: le.u16()?,
-                strategies: le.u16()?,
-            },
-            Compressor::Xz => CompressorOptions::Xz {
-                dict_size: le.u32()?,
-                filters: le.u32()?,
-            },
+            Compressor::Gzip => CompressorOptions::Gzip { level: le.u32()?, window: le.u16()?, strategies: le.u16()? },
+            Compressor::Xz => CompressorOptions::Xz { dict_size: le.u32()?, filters: le.u32()? },
             Compressor::Lz4 => {
                 let version = le.u32()?;
                 let flags = le.u32()?;
@@ -183,10 +176,7 @@ impl CompressorOptions {
                 CompressorOptions::Lz4 { version, flags }
             }
             Compressor::Zstd => CompressorOptions::Zstd { level: le.u32()? },
-            Compressor::Lzo => CompressorOptions::Lzo {
-                algorithm: le.u32()?,
-                level: le.u32()?,
-            },
+            Compressor::Lzo => CompressorOptions::Lzo { algorithm: le.u32()?, level: le.u32()? },
             Compressor::Lzma => CompressorOptions::Other,
         })
     }

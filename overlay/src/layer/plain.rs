@@ -1,0 +1,238 @@
+//! A plain directory tree as a layer. Every access is relative to a directory fd with one name
+//! component at a time (`*at` calls, `O_NOFOLLOW`), so a symlink inside the layer can never
+//! lead a lookup out of it, and no path string grows with the depth of the tree.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode};
+
+use super::{FileReader, Handle, Layer, RawEntry, StatFs};
+use crate::attr::{encode_dev, Attr, FileKind, Time};
+use crate::error::{Error, Result};
+
+/// An object of a plain layer: its parent directory and name, plus an `O_PATH` fd of its own
+/// when it is a directory (children are looked up relative to it).
+#[derive(Debug, Clone)]
+pub struct PlainHandle {
+    dir_fd: Option<Arc<OwnedFd>>,
+    parent: Arc<OwnedFd>,
+    name: Box<[u8]>,
+}
+
+/// A read-only layer backed by a directory.
+#[derive(Debug)]
+pub struct PlainLayer {
+    root: Arc<OwnedFd>,
+    path: PathBuf,
+}
+
+fn path_flags() -> OFlag {
+    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+impl PlainLayer {
+    /// Opens the directory at `path` (symlinks in `path` itself are followed, as for any
+    /// `lowerdir`; nothing below it is).
+    pub fn open(path: &Path) -> Result<PlainLayer> {
+        let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| Error::BadLayer { path: path.display().to_string(), reason: e.desc().to_string() })?;
+        Ok(PlainLayer { root: Arc::new(fd), path: path.to_path_buf() })
+    }
+
+    /// The directory this layer was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn plain<'a>(&self, h: &'a Handle) -> Result<&'a PlainHandle> {
+        match h {
+            Handle::Plain(p) => Ok(p),
+            Handle::Squash(_) => Err(Errno::EINVAL.into()),
+        }
+    }
+
+    fn dir_fd<'a>(&self, h: &'a Handle) -> Result<&'a Arc<OwnedFd>> {
+        self.plain(h)?.dir_fd.as_ref().ok_or(Error::NotDir)
+    }
+
+    fn stat(&self, h: &PlainHandle) -> Result<FileStat> {
+        Ok(match &h.dir_fd {
+            Some(fd) => fstat(fd)?,
+            None => fstatat(&h.parent, OsStr::from_bytes(&h.name), AtFlags::AT_SYMLINK_NOFOLLOW)?,
+        })
+    }
+
+    /// `/proc/self/fd/PARENT/NAME`: reaches the object without following it if it is a link.
+    fn proc_path(h: &PlainHandle) -> PathBuf {
+        let mut p = PathBuf::from(format!("/proc/self/fd/{}", h.parent.as_raw_fd()));
+        p.push(OsStr::from_bytes(&h.name));
+        p
+    }
+}
+
+fn kind_of(mode: u32) -> Result<FileKind> {
+    FileKind::from_mode(mode).ok_or(Error::Io(std::io::Error::from_raw_os_error(Errno::EIO as i32)))
+}
+
+fn time(secs: i64, nsecs: i64) -> Time {
+    Time { secs, nsecs: u32::try_from(nsecs).unwrap_or(0) }
+}
+
+fn attr_of(st: &FileStat) -> Result<Attr> {
+    let rdev = st.st_rdev;
+    Ok(Attr {
+        ino: st.st_ino,
+        kind: kind_of(st.st_mode)?,
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: encode_dev(nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32),
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+    })
+}
+
+#[derive(Debug)]
+struct PlainFile(File);
+
+impl FileReader for PlainFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.0.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Layer for PlainLayer {
+    fn root(&self) -> Result<Handle> {
+        Ok(Handle::Plain(PlainHandle {
+            dir_fd: Some(self.root.clone()),
+            parent: self.root.clone(),
+            name: Box::new(*b"."),
+        }))
+    }
+
+    fn lookup(&self, dir: &Handle, name: &[u8]) -> Result<Option<Handle>> {
+        let dir_fd = self.dir_fd(dir)?;
+        let st = match fstatat(dir_fd, OsStr::from_bytes(name), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let fd = if kind_of(st.st_mode)? == FileKind::Dir {
+            Some(Arc::new(openat(dir_fd, OsStr::from_bytes(name), path_flags(), Mode::empty())?))
+        } else {
+            None
+        };
+        Ok(Some(Handle::Plain(PlainHandle { dir_fd: fd, parent: dir_fd.clone(), name: name.into() })))
+    }
+
+    fn attr(&self, object: &Handle) -> Result<Attr> {
+        attr_of(&self.stat(self.plain(object)?)?)
+    }
+
+    fn kind(&self, object: &Handle) -> Result<FileKind> {
+        let h = self.plain(object)?;
+        if h.dir_fd.is_some() {
+            return Ok(FileKind::Dir);
+        }
+        kind_of(self.stat(h)?.st_mode)
+    }
+
+    fn read_dir(&self, dir: &Handle) -> Result<Vec<RawEntry>> {
+        let dir_fd = self.dir_fd(dir)?;
+        let fd = openat(dir_fd, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let mut d = Dir::from_fd(fd)?;
+        let mut out = Vec::new();
+        for entry in d.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Some(Type::Directory) => FileKind::Dir,
+                Some(Type::File) => FileKind::File,
+                Some(Type::Symlink) => FileKind::Symlink,
+                Some(Type::BlockDevice) => FileKind::BlockDev,
+                Some(Type::CharacterDevice) => FileKind::CharDev,
+                Some(Type::Fifo) => FileKind::Fifo,
+                Some(Type::Socket) => FileKind::Socket,
+                None => kind_of(fstatat(dir_fd, OsStr::from_bytes(name), AtFlags::AT_SYMLINK_NOFOLLOW)?.st_mode)?,
+            };
+            out.push(RawEntry { name: name.into(), ino: entry.ino(), kind });
+        }
+        Ok(out)
+    }
+
+    fn read_link(&self, object: &Handle) -> Result<Vec<u8>> {
+        let h = self.plain(object)?;
+        Ok(readlinkat(&h.parent, OsStr::from_bytes(&h.name))?.into_vec())
+    }
+
+    fn list_xattr(&self, object: &Handle) -> Result<Vec<Vec<u8>>> {
+        let path = PlainLayer::proc_path(self.plain(object)?);
+        match xattr::list(&path) {
+            Ok(names) => Ok(names.map(|n| n.as_bytes().to_vec()).collect()),
+            Err(e) if e.raw_os_error() == Some(Errno::ENOTSUP as i32) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn get_xattr(&self, object: &Handle, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let path = PlainLayer::proc_path(self.plain(object)?);
+        match xattr::get(&path, OsStr::from_bytes(name)) {
+            Ok(v) => Ok(v),
+            Err(e) if e.raw_os_error() == Some(Errno::ENOTSUP as i32) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn open(&self, object: &Handle) -> Result<Box<dyn FileReader>> {
+        let h = self.plain(object)?;
+        let fd = openat(
+            &h.parent,
+            OsStr::from_bytes(&h.name),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Box::new(PlainFile(File::from(fd))))
+    }
+
+    fn statfs(&self) -> Result<StatFs> {
+        let st = nix::sys::statfs::fstatfs(&self.root)?;
+        Ok(StatFs {
+            blocks: st.blocks(),
+            bfree: st.blocks_free(),
+            bavail: st.blocks_available(),
+            files: st.files(),
+            ffree: st.files_free(),
+            bsize: u32::try_from(st.block_size()).unwrap_or(4096),
+            namelen: u32::try_from(st.maximum_name_length()).unwrap_or(255),
+        })
+    }
+
+    fn immutable(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,150 @@
+//! A SquashFS image as a layer, read in process through `parallaxfs-squash`.
+
+use std::sync::Arc;
+
+use parallaxfs_squash::{Image, Inode, Kind};
+
+use super::{FileReader, Handle, Layer, RawEntry, StatFs};
+use crate::attr::{Attr, FileKind, Time};
+use crate::error::{Error, Result};
+
+/// A read-only layer backed by a SquashFS image.
+#[derive(Debug)]
+pub struct SquashLayer {
+    image: Image,
+    /// Position in the stack, for error messages.
+    index: usize,
+}
+
+impl SquashLayer {
+    /// Wraps an open image; `index` is its position among the lowers (for messages).
+    pub fn new(image: Image, index: usize) -> SquashLayer {
+        SquashLayer { image, index }
+    }
+
+    fn err(&self, source: parallaxfs_squash::Error) -> Error {
+        match source {
+            parallaxfs_squash::Error::NotFound => Error::NotFound,
+            parallaxfs_squash::Error::NotDir => Error::NotDir,
+            parallaxfs_squash::Error::NotSymlink => Error::NotSymlink,
+            parallaxfs_squash::Error::NotFile => Error::IsDir,
+            source => Error::Squash { layer: self.index, source },
+        }
+    }
+
+    /// The inode behind a handle. A handle of another layer kind would be a bug in the
+    /// stack; it is answered with EINVAL rather than a panic.
+    fn inode<'a>(&self, h: &'a Handle) -> Result<&'a Arc<Inode>> {
+        match h {
+            Handle::Squash(i) => Ok(i),
+            Handle::Plain(_) => Err(Error::Io(std::io::Error::from_raw_os_error(libc_einval()))),
+        }
+    }
+}
+
+fn kind(k: Kind) -> FileKind {
+    match k {
+        Kind::Dir => FileKind::Dir,
+        Kind::File => FileKind::File,
+        Kind::Symlink => FileKind::Symlink,
+        Kind::BlockDev => FileKind::BlockDev,
+        Kind::CharDev => FileKind::CharDev,
+        Kind::Fifo => FileKind::Fifo,
+        Kind::Socket => FileKind::Socket,
+    }
+}
+
+#[derive(Debug)]
+struct SquashFile {
+    image: Image,
+    inode: Arc<Inode>,
+    index: usize,
+}
+
+impl FileReader for SquashFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.image.read_at(&self.inode, offset, buf).map_err(|source| Error::Squash { layer: self.index, source })
+    }
+}
+
+impl Layer for SquashLayer {
+    fn root(&self) -> Result<Handle> {
+        self.image.inode(self.image.root()).map(Handle::Squash).map_err(|e| self.err(e))
+    }
+
+    fn lookup(&self, dir: &Handle, name: &[u8]) -> Result<Option<Handle>> {
+        let dir = self.inode(dir)?;
+        let Some(entry) = self.image.lookup(dir, name).map_err(|e| self.err(e))? else { return Ok(None) };
+        let inode = self.image.inode(entry.inode_ref).map_err(|e| self.err(e))?;
+        Ok(Some(Handle::Squash(inode)))
+    }
+
+    fn attr(&self, object: &Handle) -> Result<Attr> {
+        let i = self.inode(object)?;
+        let t = Time { secs: i64::from(i.mtime), nsecs: 0 };
+        Ok(Attr {
+            ino: u64::from(i.ino),
+            kind: kind(i.kind),
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev,
+            size: i.size,
+            blocks: i.blocks_512(),
+            atime: t,
+            mtime: t,
+            ctime: t,
+        })
+    }
+
+    fn kind(&self, object: &Handle) -> Result<FileKind> {
+        Ok(kind(self.inode(object)?.kind))
+    }
+
+    fn read_dir(&self, dir: &Handle) -> Result<Vec<RawEntry>> {
+        let entries = self.image.read_dir(self.inode(dir)?).map_err(|e| self.err(e))?;
+        Ok(entries.into_iter().map(|e| RawEntry { name: e.name, ino: u64::from(e.ino), kind: kind(e.kind) }).collect())
+    }
+
+    fn read_link(&self, object: &Handle) -> Result<Vec<u8>> {
+        self.image.read_link(self.inode(object)?).map(Into::into).map_err(|e| self.err(e))
+    }
+
+    fn list_xattr(&self, object: &Handle) -> Result<Vec<Vec<u8>>> {
+        self.image.list_xattr(self.inode(object)?).map_err(|e| self.err(e))
+    }
+
+    fn get_xattr(&self, object: &Handle, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.image.get_xattr(self.inode(object)?, name).map_err(|e| self.err(e))
+    }
+
+    fn open(&self, object: &Handle) -> Result<Box<dyn FileReader>> {
+        let inode = self.inode(object)?.clone();
+        if inode.kind != Kind::File {
+            return Err(Error::IsDir);
+        }
+        Ok(Box::new(SquashFile { image: self.image.clone(), inode, index: self.index }))
+    }
+
+    fn statfs(&self) -> Result<StatFs> {
+        let sb = self.image.superblock();
+        Ok(StatFs {
+            blocks: sb.bytes_used.div_ceil(u64::from(sb.block_size)),
+            bfree: 0,
+            bavail: 0,
+            files: u64::from(sb.inodes),
+            ffree: 0,
+            bsize: sb.block_size,
+            namelen: 256,
+        })
+    }
+
+    fn immutable(&self) -> bool {
+        true
+    }
+}
+
+fn libc_einval() -> i32 {
+    nix::errno::Errno::EINVAL as i32
+}

@@ -1,0 +1,184 @@
+//! Mounting: open every layer, mount, daemonize, serve until unmounted.
+//!
+//! Daemonizing without `fork`: the command re-executes itself as a child with stdin on
+//! /dev/null and stdout/stderr on pipes. The child mounts, then writes `ready` on stdout,
+//! moves its stdio to /dev/null and serves. The parent exits 0 only on `ready` (the mount is
+//! live), or relays the child's one-line error and exits 1. Podman waits for EOF on the
+//! parent's stderr, which it gets as soon as the parent exits.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use parallaxfs_fs::overlay::{Layer, PlainLayer, SquashLayer, Stack};
+use parallaxfs_fs::{MountOptions, OverlayFs};
+use parallaxfs_squash::{Image, OpenOptions};
+
+use crate::options::MountRequest;
+
+/// Set in the environment of the re-executed serving child.
+const CHILD_ENV: &str = "PARALLAXFS_DAEMON_CHILD";
+/// How long the parent waits for the child to report the mount live (Podman holds the layer
+/// store lock meanwhile, so an unreachable image must fail instead of hanging).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn open_layer(path: &Path, index: usize, req: &MountRequest) -> Result<Box<dyn Layer>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("lowerdir {}", path.display()))?;
+    if meta.is_dir() {
+        return Ok(Box::new(PlainLayer::open(path).map_err(|e| anyhow!("lowerdir {e}"))?));
+    }
+    let file = File::open(path).with_context(|| format!("lowerdir {}", path.display()))?;
+    let opts = OpenOptions { io: req.squash_io, ..OpenOptions::default() };
+    let image = Image::open_with(file, &opts).with_context(|| format!("lowerdir {}", path.display()))?;
+    Ok(Box::new(SquashLayer::new(image, index)))
+}
+
+/// Opens every layer of the request into a stack.
+pub fn build_stack(req: &MountRequest) -> Result<Stack> {
+    if req.upper.is_some() {
+        bail!("upperdir: writable mounts are not implemented yet; mount without upperdir for a read-only union");
+    }
+    let layers = req.lowers.iter().enumerate().map(|(i, p)| open_layer(p, i, req)).collect::<Result<Vec<_>>>()?;
+    Ok(Stack::new(layers)?)
+}
+
+fn check_mountpoint(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("mountpoint {}", path.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {}: not a directory", path.display());
+    }
+    if let Some(parent) = path.parent() {
+        let parent_meta = std::fs::metadata(parent).with_context(|| format!("mountpoint {}", parent.display()))?;
+        if parent_meta.dev() != meta.dev() {
+            bail!("mountpoint {}: already a mount point; unmount it first", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn mount_options(req: &MountRequest) -> MountOptions {
+    let mut opts = MountOptions { read_only: req.upper.is_none(), ..MountOptions::default() };
+    let root = nix::unistd::geteuid().is_root();
+    opts.allow_other = root || req.fuse_words.iter().any(|w| w == "allow_other");
+    opts.extra = req.fuse_words.iter().filter(|w| *w != "allow_other").cloned().collect();
+    if root && !opts.extra.iter().any(|w| w == "nosuid") {
+        opts.extra.push("suid".into());
+    }
+    if !opts.extra.iter().any(|w| w == "atime") {
+        opts.extra.push("noatime".into());
+    }
+    opts.fs_name = req.lowers.first().map_or("parallaxfs".into(), |p| p.display().to_string());
+    opts
+}
+
+/// Mounts, reports readiness, serves until the mount goes away.
+fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
+    for w in &req.unknown {
+        eprintln!("parallaxfs: unknown argument ignored: {w}");
+    }
+    check_mountpoint(&req.mountpoint)?;
+    let stack = build_stack(req)?;
+    let fs = OverlayFs::new(stack).map_err(|e| anyhow!("{e}"))?;
+    let mut session = parallaxfs_fs::mount(fs, &req.mountpoint, &mount_options(req))
+        .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
+    spawn_signal_handler(session.unmount_callable())?;
+    if daemon {
+        let _ = nix::unistd::setsid();
+        let _ = std::env::set_current_dir("/");
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+        detach_stdio()?;
+    }
+    session.run().context("serving the mount")?;
+    Ok(())
+}
+
+/// Unmount lazily on SIGTERM, SIGINT or SIGHUP; the session then ends and we exit 0.
+fn spawn_signal_handler(mut unmounter: parallaxfs_fs::SessionUnmounter) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if signals.forever().next().is_some() {
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(error = %e, "unmount on signal failed");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn detach_stdio() -> Result<()> {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stderr(&null)?;
+    Ok(())
+}
+
+/// `parallaxfs ... MOUNTPOINT`: in the foreground with `-f`, else through a serving child.
+pub fn run(req: MountRequest) -> Result<ExitCode> {
+    if req.foreground || std::env::var_os(CHILD_ENV).is_some() {
+        serve(&req, std::env::var_os(CHILD_ENV).is_some())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the serving process")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no pipe to the serving process"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(line) if line.trim() == "ready" => Ok(ExitCode::SUCCESS),
+        Ok(_) => {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.wait();
+            // The child already printed "parallaxfs: ..." lines; pass them on verbatim.
+            eprint!("{err}");
+            if err.is_empty() {
+                eprintln!("parallaxfs: the serving process exited before the mount was ready");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("mount not ready after {} s; gave up (is a layer on unreachable storage?)", START_TIMEOUT.as_secs())
+        }
+    }
+}
+
+/// `parallaxfs umount MOUNTPOINT`: ends the mount; its daemon then exits 0.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode> {
+    if nix::unistd::geteuid().is_root() {
+        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
+        nix::mount::umount2(mountpoint, flags).with_context(|| format!("unmounting {}", mountpoint.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let status = cmd.arg(mountpoint).status().context("running fusermount3")?;
+    if !status.success() {
+        bail!("unmounting {}: fusermount3 failed ({status})", mountpoint.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
