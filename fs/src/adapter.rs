@@ -19,6 +19,7 @@ use crate::attr::{file_attr, file_type, negative, IMMUTABLE_TTL};
 use crate::errno::{errno, is_fault};
 use crate::handles::{DirHandle, FileHandle as OpenFile, Handles};
 use crate::node_table::NodeTable;
+use crate::page_store::PageStore;
 
 /// Largest read the kernel may send (max_pages 256 × 4 KiB).
 const MAX_READ: usize = 1 << 20;
@@ -30,6 +31,7 @@ pub struct OverlayFs {
     nodes: NodeTable,
     files: Handles<OpenFile>,
     dirs: Handles<DirHandle>,
+    page_store: PageStore,
 }
 
 thread_local! {
@@ -49,7 +51,19 @@ impl OverlayFs {
     /// Serves `stack` (read-only: every modifying request is answered EROFS).
     pub fn new(stack: Stack) -> Result<OverlayFs, Error> {
         let root = stack.root()?;
-        Ok(OverlayFs { stack, nodes: NodeTable::new(root), files: Handles::default(), dirs: Handles::default() })
+        let page_store = PageStore::start()?;
+        Ok(OverlayFs {
+            stack,
+            nodes: NodeTable::new(root),
+            files: Handles::default(),
+            dirs: Handles::default(),
+            page_store,
+        })
+    }
+
+    /// Where the session's notifier goes once the mount exists (for page-cache stores).
+    pub fn notifier_slot(&self) -> std::sync::Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.page_store.notifier_slot()
     }
 
     fn node(&self, id: INodeNo) -> Result<Node, Error> {
@@ -69,16 +83,25 @@ impl OverlayFs {
         Ok(self.dirs.insert(DirHandle { dir: dir.ino, items }))
     }
 
-    fn read(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
+    fn read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         let Some(file) = self.files.get(fh.0) else { return reply.error(Errno::EBADF) };
-        READ_BUF.with(|buf| {
+        let done = READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.resize((size as usize).min(MAX_READ), 0);
             match file.read_at(offset, &mut buf) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(fail("read", &e)),
+                Ok(n) => {
+                    reply.data(&buf[..n]);
+                    n > 0
+                }
+                Err(e) => {
+                    reply.error(fail("read", &e));
+                    false
+                }
             }
         });
+        if done {
+            self.page_store.after_read(ino.0, &file, offset, u64::from(size));
+        }
     }
 }
 
@@ -137,7 +160,7 @@ impl Filesystem for OverlayFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -145,7 +168,7 @@ impl Filesystem for OverlayFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        OverlayFs::read(self, fh, offset, size, reply);
+        OverlayFs::read(self, ino, fh, offset, size, reply);
     }
 
     fn release(

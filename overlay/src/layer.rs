@@ -59,6 +59,13 @@ pub struct StatFs {
 pub trait FileReader: Send + Sync + Debug {
     /// Reads at `offset`; fewer bytes only at end of file.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+
+    /// Size of the unit the layer decodes at once (a compressed SquashFS block), if reading
+    /// part of it costs as much as reading all of it. The FUSE side then pushes the whole unit
+    /// into the page cache so one decompression serves every page.
+    fn decode_unit(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What the union needs from one read-only layer.
