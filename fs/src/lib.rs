@@ -113,14 +113,12 @@ fn raise_readahead(mountpoint: &Path) {
 fn mount_device(mountpoint: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_str()?;
-    info.lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let dev = f.nth(2)?;
-            let point = f.nth(1)?;
-            (unescape_mountinfo(point) == want).then(|| dev.to_string())
-        })
-        .last()
+    info.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2)?;
+        let point = f.nth(1)?;
+        (unescape_mountinfo(point) == want).then(|| dev.to_string())
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
