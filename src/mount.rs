@@ -14,7 +14,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use parallaxfs_fs::overlay::{Layer, PlainLayer, SquashLayer, Stack};
+use parallaxfs_fs::overlay::idmap::Identity;
+use parallaxfs_fs::overlay::{Layer, PlainLayer, SquashLayer, Stack, StackOptions};
 use parallaxfs_fs::{MountOptions, OverlayFs};
 use parallaxfs_squash::{Image, OpenOptions};
 
@@ -43,7 +44,25 @@ pub fn build_stack(req: &MountRequest) -> Result<Stack> {
         bail!("upperdir: writable mounts are not implemented yet; mount without upperdir for a read-only union");
     }
     let layers = req.lowers.iter().enumerate().map(|(i, p)| open_layer(p, i, req)).collect::<Result<Vec<_>>>()?;
-    Ok(Stack::new(layers)?)
+    Ok(Stack::with_options(layers, stack_options(req))?)
+}
+
+fn overflow_id(knob: &str) -> u32 {
+    std::fs::read_to_string(knob).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65534)
+}
+
+fn stack_options(req: &MountRequest) -> StackOptions {
+    let identity = Identity {
+        uids: req.uid_map.clone(),
+        gids: req.gid_map.clone(),
+        // squash_to_uid wins over squash_to_root, as in fuse-overlayfs.
+        squash_uid: req.squash_uid.or(req.squash_root.then_some(0)),
+        squash_gid: req.squash_gid.or(req.squash_root.then_some(0)),
+        override_stat: req.override_stat,
+        overflow_uid: overflow_id("/proc/sys/kernel/overflowuid"),
+        overflow_gid: overflow_id("/proc/sys/kernel/overflowgid"),
+    };
+    StackOptions { identity, no_xattrs: req.no_xattrs }
 }
 
 fn check_mountpoint(path: &Path) -> Result<()> {
@@ -77,12 +96,12 @@ fn mount_options(req: &MountRequest) -> MountOptions {
 
 /// Mounts, reports readiness, serves until the mount goes away.
 fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
-    for w in &req.unknown {
-        eprintln!("parallaxfs: unknown argument ignored: {w}");
-    }
     check_mountpoint(&req.mountpoint)?;
     let stack = build_stack(req)?;
-    let fs = OverlayFs::new(stack).map_err(|e| anyhow!("{e}"))?;
+    let mut fs = OverlayFs::new(stack).map_err(|e| anyhow!("{e}"))?;
+    if let Some(ttl) = req.timeout {
+        fs.set_ttl(ttl);
+    }
     let mut session = parallaxfs_fs::mount(fs, &req.mountpoint, &mount_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
     spawn_signal_handler(session.unmount_callable())?;
@@ -122,6 +141,12 @@ fn detach_stdio() -> Result<()> {
 
 /// `parallaxfs ... MOUNTPOINT`: in the foreground with `-f`, else through a serving child.
 pub fn run(req: MountRequest) -> Result<ExitCode> {
+    // Warn once, from the process whose stderr the caller reads.
+    if std::env::var_os(CHILD_ENV).is_none() {
+        for w in &req.unknown {
+            eprintln!("parallaxfs: unknown argument ignored: {w}");
+        }
+    }
     if req.foreground || std::env::var_os(CHILD_ENV).is_some() {
         serve(&req, std::env::var_os(CHILD_ENV).is_some())?;
         return Ok(ExitCode::SUCCESS);

@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
+use parallaxfs_fs::overlay::idmap::{IdMap, OverrideStat};
 
 /// What the options ask for.
 #[derive(Debug, Default, Clone)]
@@ -27,6 +28,24 @@ pub struct MountRequest {
     pub fuse_words: Vec<String>,
     /// `squash_io=mmap|pread|auto`.
     pub squash_io: parallaxfs_squash::IoMode,
+    /// `volatile` (or `fsync=0`, `sync=0`): fsync does not sync.
+    pub volatile: bool,
+    /// `uidmapping=disk:shown:count[:...]`.
+    pub uid_map: IdMap,
+    /// `gidmapping=...`.
+    pub gid_map: IdMap,
+    /// `squash_to_uid=N`.
+    pub squash_uid: Option<u32>,
+    /// `squash_to_gid=N`.
+    pub squash_gid: Option<u32>,
+    /// `squash_to_root`.
+    pub squash_root: bool,
+    /// `xattr_permissions=0|1|2`.
+    pub override_stat: OverrideStat,
+    /// `timeout=SECS`: entry/attr timeout.
+    pub timeout: Option<std::time::Duration>,
+    /// `noxattrs=1`.
+    pub no_xattrs: bool,
     /// Options not understood (warned about, ignored).
     pub unknown: Vec<String>,
 }
@@ -120,8 +139,22 @@ const FUSE_WORDS: &[&str] = &[
     "nodiratime",
     "kernel_cache",
 ];
-/// Words accepted and ignored without a warning.
-const SILENT_WORDS: &[&str] = &["defaults", "private", "rprivate", "shared", "rshared", "slave", "rslave"];
+/// Words accepted and ignored without a warning (propagation words buildah adds, `defaults`,
+/// and fuse-overlayfs tuning words whose effect parallaxfs always has or never needs).
+const SILENT_WORDS: &[&str] =
+    &["defaults", "private", "rprivate", "shared", "rshared", "slave", "rslave", "static_nlink", "noacl", "ino32_t"];
+
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| anyhow!("option {key}={value}: not a valid number"))
+}
+
+fn flag(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "0" | "false" | "no" => Ok(false),
+        "1" | "true" | "yes" => Ok(true),
+        _ => bail!("option {key}={value}: want 0 or 1"),
+    }
+}
 
 impl MountRequest {
     /// Applies one `-o` item.
@@ -136,6 +169,34 @@ impl MountRequest {
             ("squash_io", Some(v)) => self.squash_io = v.parse().map_err(anyhow::Error::msg)?,
             ("context", Some(_)) => {}
             ("debug", None) => self.debug = true,
+            ("volatile", None) => self.volatile = true,
+            ("fsync" | "sync", Some(v)) => self.volatile = !flag(key, v)?,
+            ("uidmapping", Some(v)) => self.uid_map = IdMap::parse(v).map_err(anyhow::Error::msg)?,
+            ("gidmapping", Some(v)) => self.gid_map = IdMap::parse(v).map_err(anyhow::Error::msg)?,
+            ("squash_to_uid", Some(v)) => self.squash_uid = Some(number(key, v)?),
+            ("squash_to_gid", Some(v)) => self.squash_gid = Some(number(key, v)?),
+            ("squash_to_root", None) => self.squash_root = true,
+            ("xattr_permissions", Some(v)) => {
+                self.override_stat = match v {
+                    "0" => OverrideStat::Off,
+                    "1" => OverrideStat::Privileged,
+                    "2" => OverrideStat::Containers,
+                    _ => bail!("option xattr_permissions={v}: want 0, 1 or 2"),
+                }
+            }
+            ("timeout", Some(v)) => {
+                let secs: f64 = number(key, v)?;
+                if !secs.is_finite() || secs < 0.0 {
+                    bail!("option timeout={v}: want a non-negative number of seconds");
+                }
+                self.timeout = Some(std::time::Duration::from_secs_f64(secs.min(1e9)));
+            }
+            ("noxattrs", Some(v)) => self.no_xattrs = flag(key, v)?,
+            ("noxattrs", None) => self.no_xattrs = true,
+            ("redirect_dir", Some("off")) => {}
+            ("redirect_dir", Some(v)) => bail!("option redirect_dir={v}: only redirect_dir=off is supported"),
+            ("xino", Some("off" | "auto" | "on")) => {}
+            ("xino", Some(v)) => bail!("option xino={v}: want off, auto or on"),
             (w, None) if FUSE_WORDS.contains(&w) => self.fuse_words.push(w.to_string()),
             (w, None) if SILENT_WORDS.contains(&w) => {}
             _ => self.unknown.push(item.to_string()),
@@ -216,5 +277,27 @@ mod tests {
         assert!(MountRequest::parse(&["/m".to_string()]).is_err());
         let bogus: Vec<String> = ["-o", "lowerdir=/x,frobnicate", "/m"].iter().map(|s| s.to_string()).collect();
         assert_eq!(MountRequest::parse(&bogus).unwrap().unknown, vec!["frobnicate"]);
+    }
+
+    #[test]
+    fn podman_4_3_rootless_string() {
+        let opts = r#"lowerdir=/g/l/A:/g/l/B,upperdir=/g/u,workdir=/g/w,,volatile,context="system_u:object_r:container_file_t:s0:c1,c2",uidmapping=:0:1:1000:1000:0:1:1001:1001:64536,gidmapping=:0:1:1000:1000:0:1:1001:1001:64536"#;
+        let args: Vec<String> = ["-o", opts, "/g/m"].iter().map(|s| s.to_string()).collect();
+        let r = MountRequest::parse(&args).unwrap();
+        assert_eq!(r.uid_map.ranges.len(), 3);
+        assert_eq!(r.gid_map.ranges.len(), 3);
+        assert!(r.volatile);
+        assert!(r.unknown.is_empty());
+        assert_eq!(r.upper, Some(PathBuf::from("/g/u")));
+    }
+
+    #[test]
+    fn invalid_values_are_errors() {
+        for bad in
+            ["uidmapping=0:1", "squash_to_uid=x", "xattr_permissions=3", "redirect_dir=on", "timeout=-1", "fsync=2"]
+        {
+            let args: Vec<String> = ["-o", &format!("lowerdir=/x,{bad}"), "/m"].iter().map(|s| s.to_string()).collect();
+            assert!(MountRequest::parse(&args).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -32,6 +32,7 @@ pub struct OverlayFs {
     files: Handles<OpenFile>,
     dirs: Handles<DirHandle>,
     page_store: PageStore,
+    ttl: std::time::Duration,
 }
 
 thread_local! {
@@ -58,7 +59,13 @@ impl OverlayFs {
             files: Handles::default(),
             dirs: Handles::default(),
             page_store,
+            ttl: IMMUTABLE_TTL,
         })
+    }
+
+    /// Sets the entry/attr timeout (`timeout=` option); lower objects default to a year.
+    pub fn set_ttl(&mut self, ttl: std::time::Duration) {
+        self.ttl = ttl;
     }
 
     /// Where the session's notifier goes once the mount exists (for page-cache stores).
@@ -121,10 +128,10 @@ impl Filesystem for OverlayFs {
         match self.lookup_node(parent, name) {
             Ok((node, attr)) => {
                 self.nodes.remember(&node);
-                reply.entry(&IMMUTABLE_TTL, &attr, Generation(0));
+                reply.entry(&self.ttl, &attr, Generation(0));
             }
             // Lower layers never change: cache the absence too.
-            Err(Error::NotFound) => reply.entry(&IMMUTABLE_TTL, &negative(), Generation(0)),
+            Err(Error::NotFound) => reply.entry(&self.ttl, &negative(), Generation(0)),
             Err(e) => reply.error(fail("lookup", &e)),
         }
     }
@@ -135,7 +142,7 @@ impl Filesystem for OverlayFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.node(ino).and_then(|n| self.stack.attr(&n)) {
-            Ok(attr) => reply.attr(&IMMUTABLE_TTL, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
             Err(e) => reply.error(fail("getattr", &e)),
         }
     }
@@ -226,8 +233,7 @@ impl Filesystem for OverlayFs {
             Err(e) => return reply.error(fail("readdirplus", &e)),
         };
         for (i, name) in [b".".as_slice(), b"..".as_slice()].iter().enumerate().skip(offset as usize) {
-            if reply.add(dot_attr.ino, i as u64 + 1, OsStr::from_bytes(name), &IMMUTABLE_TTL, &dot_attr, Generation(0))
-            {
+            if reply.add(dot_attr.ino, i as u64 + 1, OsStr::from_bytes(name), &self.ttl, &dot_attr, Generation(0)) {
                 return reply.ok();
             }
         }
@@ -248,7 +254,7 @@ impl Filesystem for OverlayFs {
                 }
             };
             let name = OsStr::from_bytes(&item.name);
-            if reply.add(attr.ino, i as u64 + 3, name, &IMMUTABLE_TTL, &attr, Generation(0)) {
+            if reply.add(attr.ino, i as u64 + 3, name, &self.ttl, &attr, Generation(0)) {
                 break;
             }
             self.nodes.remember(&node);

@@ -17,6 +17,7 @@
 
 pub mod attr;
 mod error;
+pub mod idmap;
 pub mod inode_number;
 pub mod layer;
 mod stack;
@@ -26,4 +27,4 @@ pub use attr::{Attr, FileKind, Time};
 pub use error::{Error, Result};
 pub use layer::{FileReader, Handle, Layer, PlainLayer, RawEntry, SquashLayer, StatFs};
 pub use parallaxfs_squash as squash;
-pub use stack::{DirItem, Node, Stack, NAME_MAX};
+pub use stack::{DirItem, Node, Stack, StackOptions, NAME_MAX};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::attr::{Attr, FileKind};
 use crate::error::{Error, Result};
+use crate::idmap::{parse_override, Identity};
 use crate::inode_number::{lower_slot, InodeNumbers};
 use crate::layer::{FileReader, Handle, Layer, StatFs};
 use crate::whiteout::{
@@ -59,20 +60,35 @@ pub struct DirItem {
     pub kind: FileKind,
 }
 
+/// Options of a stack beyond its layers.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// How owners on disk are shown.
+    pub identity: Identity,
+    /// `noxattrs`: extended attributes are not supported through the mount.
+    pub no_xattrs: bool,
+}
+
 /// Ordered read-only layers, topmost first.
 #[derive(Debug)]
 pub struct Stack {
     lowers: Vec<Box<dyn Layer>>,
     numbers: InodeNumbers,
+    options: StackOptions,
 }
 
 impl Stack {
     /// A read-only union of `lowers`, topmost first.
     pub fn new(lowers: Vec<Box<dyn Layer>>) -> Result<Stack> {
+        Stack::with_options(lowers, StackOptions::default())
+    }
+
+    /// A read-only union of `lowers`, topmost first, with `options`.
+    pub fn with_options(lowers: Vec<Box<dyn Layer>>, options: StackOptions) -> Result<Stack> {
         if lowers.is_empty() {
             return Err(Error::BadLayer { path: String::new(), reason: "no lower layer given".into() });
         }
-        Ok(Stack { lowers, numbers: InodeNumbers::default() })
+        Ok(Stack { lowers, numbers: InodeNumbers::default(), options })
     }
 
     /// Number of lower layers.
@@ -173,7 +189,39 @@ impl Stack {
             }
         };
         attr.ino = node.ino;
+        self.show_owner(node, &mut attr)?;
         Ok(attr)
+    }
+
+    /// Applies override-stat xattrs and id mappings to the owner and mode users see.
+    fn show_owner(&self, node: &Node, attr: &mut Attr) -> Result<()> {
+        let identity = &self.options.identity;
+        if let Some(name) = identity.override_stat.xattr() {
+            if matches!(attr.kind, FileKind::File | FileKind::Dir) {
+                let (layer, handle) = self.provider(node);
+                if let Some((uid, gid, perm)) =
+                    self.lowers[layer].get_xattr(&handle, name)?.as_deref().and_then(parse_override)
+                {
+                    attr.uid = uid;
+                    attr.gid = gid;
+                    attr.perm = perm;
+                }
+            }
+        }
+        attr.uid = identity.uid(attr.uid);
+        attr.gid = identity.gid(attr.gid);
+        Ok(())
+    }
+
+    fn hidden_xattr(&self, name: &[u8]) -> bool {
+        is_private_xattr(name) || self.options.identity.override_stat.xattr() == Some(name)
+    }
+
+    fn xattrs_supported(&self) -> Result<()> {
+        if self.options.no_xattrs {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(nix::errno::Errno::ENOTSUP as i32)));
+        }
+        Ok(())
     }
 
     /// The merged listing of `dir`, without `.` and `..` (overlay_semantics.md §1.3).
@@ -239,15 +287,17 @@ impl Stack {
     /// Extended attribute names, without overlay-private ones; `trusted.*` only when
     /// `privileged` (as the kernel lists them only to CAP_SYS_ADMIN).
     pub fn list_xattr(&self, node: &Node, privileged: bool) -> Result<Vec<Vec<u8>>> {
+        self.xattrs_supported()?;
         let (layer, handle) = self.provider(node);
         let mut names = self.lowers[layer].list_xattr(&handle)?;
-        names.retain(|n| !is_private_xattr(n) && (privileged || !n.starts_with(b"trusted.")));
+        names.retain(|n| !self.hidden_xattr(n) && (privileged || !n.starts_with(b"trusted.")));
         Ok(names)
     }
 
     /// One extended attribute; overlay-private ones do not exist.
     pub fn get_xattr(&self, node: &Node, name: &[u8]) -> Result<Vec<u8>> {
-        if is_private_xattr(name) {
+        self.xattrs_supported()?;
+        if self.hidden_xattr(name) {
             return Err(Error::NoData);
         }
         let (layer, handle) = self.provider(node);
