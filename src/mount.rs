@@ -27,11 +27,38 @@ const CHILD_ENV: &str = "PARALLAXFS_DAEMON_CHILD";
 /// store lock meanwhile, so an unreachable image must fail instead of hanging).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The SquashFS side-car of a c/storage layer directory, in the parallax store layout
+/// (mount_program.md §2.3): `OVL/l/LINK.squash` for a lowerdir spelled `OVL/l/LINK` or
+/// `OVL/ID/diff` (LINK read from `OVL/ID/link`). Decided on the spelling, without resolving
+/// the lowerdir's own symlink.
+pub fn side_car(lower: &Path) -> Option<std::path::PathBuf> {
+    let parent = lower.parent()?;
+    let (ovl, link) = if parent.file_name()? == "l" {
+        (parent.parent()?.to_path_buf(), lower.file_name()?.to_os_string())
+    } else if lower.file_name()? == "diff" {
+        let id = parent.file_name()?;
+        let ovl = parent.parent()?.to_path_buf();
+        let link = std::fs::read_to_string(ovl.join(id).join("link")).ok()?;
+        (ovl, std::ffi::OsString::from(link.trim()))
+    } else {
+        return None;
+    };
+    if link.is_empty() {
+        return None;
+    }
+    let mut name = link;
+    name.push(".squash");
+    let candidate = ovl.join("l").join(name);
+    std::fs::metadata(&candidate).ok().filter(|m| m.is_file()).map(|_| candidate)
+}
+
 fn open_layer(path: &Path, index: usize, req: &MountRequest) -> Result<Box<dyn Layer>> {
     let meta = std::fs::metadata(path).with_context(|| format!("lowerdir {}", path.display()))?;
-    if meta.is_dir() {
+    let image_path = if meta.is_dir() { side_car(path) } else { Some(path.to_path_buf()) };
+    let Some(image_path) = image_path else {
         return Ok(Box::new(PlainLayer::open(path).map_err(|e| anyhow!("lowerdir {e}"))?));
-    }
+    };
+    let path = image_path.as_path();
     let file = File::open(path).with_context(|| format!("lowerdir {}", path.display()))?;
     let opts = OpenOptions { io: req.squash_io, ..OpenOptions::default() };
     let image = Image::open_with(file, &opts).with_context(|| format!("lowerdir {}", path.display()))?;
@@ -206,4 +233,35 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode> {
         bail!("unmounting {}: fusermount3 failed ({status})", mountpoint.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_car;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn side_car_found_for_both_lowerdir_spellings() {
+        let store = tempfile::tempdir().unwrap();
+        let ovl = store.path().join("overlay");
+        std::fs::create_dir_all(ovl.join("ID1/diff")).unwrap();
+        std::fs::create_dir_all(ovl.join("ID2/diff")).unwrap();
+        std::fs::create_dir_all(ovl.join("l")).unwrap();
+        std::fs::create_dir_all(store.path().join("squash")).unwrap();
+        std::fs::write(ovl.join("ID1/link"), "LINKONE\n").unwrap();
+        std::fs::write(ovl.join("ID2/link"), "LINKTWO").unwrap();
+        symlink("../ID1/diff", ovl.join("l/LINKONE")).unwrap();
+        std::fs::write(store.path().join("squash/LINKONE.squash"), b"image").unwrap();
+        symlink("../../squash/LINKONE.squash", ovl.join("l/LINKONE.squash")).unwrap();
+        let want = Some(ovl.join("l/LINKONE.squash"));
+        assert_eq!(side_car(&ovl.join("l/LINKONE")), want);
+        assert_eq!(side_car(&ovl.join("ID1/diff")), want);
+        // No side-car for the other layer, for `empty`, or for a plain directory.
+        assert_eq!(side_car(&ovl.join("ID2/diff")), None);
+        assert_eq!(side_car(&ovl.join("ID1/empty")), None);
+        assert_eq!(side_car(store.path()), None);
+        // A dangling side-car link is not an image.
+        symlink("../../squash/LINKTWO.squash", ovl.join("l/LINKTWO.squash")).unwrap();
+        assert_eq!(side_car(&ovl.join("ID2/diff")), None);
+    }
 }
