@@ -19,9 +19,10 @@ use crate::error::Result;
 pub struct CacheConfig {
     /// Decompressed metadata blocks (inode, directory, id, fragment, xattr tables), in bytes.
     pub metadata_bytes: u64,
-    /// Decompressed fragment blocks, in bytes.
+    /// Decompressed fragment blocks, in bytes (at least four blocks of the image are kept).
     pub fragment_bytes: u64,
-    /// Decompressed data blocks, in bytes (uncompressed and sparse blocks never enter it).
+    /// Decompressed data blocks, in bytes, at least four blocks of the image (uncompressed and
+    /// sparse blocks never enter it).
     pub data_bytes: u64,
     /// Parsed inodes, in entries.
     pub inodes: u64,
@@ -103,8 +104,22 @@ impl<T: Weighed> std::fmt::Debug for BlockCache<T> {
 impl<T: Weighed> BlockCache<T> {
     /// `typical` is the usual entry size, used to size the hash table.
     pub(crate) fn new(bytes: u64, typical: u64) -> Self {
-        let items = usize::try_from((bytes / typical.max(1)).max(16)).unwrap_or(16);
-        BlockCache { cache: Cache::with_weighter(items, bytes.max(1), ByLength) }
+        let bytes = bytes.max(1);
+        let typical = typical.max(1);
+        let items = usize::try_from((bytes / typical).max(16)).unwrap_or(16);
+        // quick_cache splits the budget between shards and refuses an entry heavier than a
+        // shard's share, so with 1 MiB blocks and a few MiB of budget the default shard count
+        // (4 per core) would cache nothing. Keep room for at least four typical blocks a shard.
+        let parallel = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+        let fit = usize::try_from(bytes / (4 * typical)).unwrap_or(1).max(1);
+        let shards = prev_power_of_two(parallel.min(fit));
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(bytes)
+            .shards(shards)
+            .build()
+            .expect("cache options are in range");
+        BlockCache { cache: Cache::with_options(options, ByLength, Default::default(), Default::default()) }
     }
 
     /// Returns the cached block or loads it once, however many threads ask at the same time.
@@ -138,6 +153,11 @@ impl<T> std::fmt::Debug for ObjectCache<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectCache").field("len", &self.cache.len()).finish()
     }
+}
+
+/// Largest power of two not above `n` (n ≥ 1).
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
 }
 
 impl<T> ObjectCache<T> {

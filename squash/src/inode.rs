@@ -137,6 +137,8 @@ pub struct Inode {
     /// Raw device number of block/char devices (kernel `new_encode_dev` form).
     pub rdev: u32,
     pub(crate) xattr: Option<u32>,
+    /// Size of the xattrs (from the xattr id table), 0 without them.
+    pub(crate) xattr_size: u32,
     pub(crate) body: Body,
 }
 
@@ -156,12 +158,15 @@ impl Inode {
         (self.rdev & 0xff) | ((self.rdev >> 12) & 0xfff00)
     }
 
-    /// 512-byte blocks, as the kernel reports `st_blocks`.
+    /// 512-byte blocks, as the kernel reports `st_blocks` (`fs/squashfs/inode.c`): the file's
+    /// non-sparse bytes, plus the size of the inode's xattrs, each rounded up to 512 bytes
+    /// (so a directory or device with xattrs has blocks too).
     pub fn blocks_512(&self) -> u64 {
-        match self.kind {
+        let data = match self.kind {
             Kind::File => self.size.saturating_sub(self.sparse).div_ceil(512),
             _ => 0,
-        }
+        };
+        data + u64::from(self.xattr_size).div_ceil(512)
     }
 
     /// True when the inode carries extended attributes.
@@ -245,6 +250,7 @@ impl Inner {
             sparse: 0,
             rdev: 0,
             xattr: None,
+            xattr_size: 0,
             body: Body::Special,
         };
         match inode_type {
@@ -285,6 +291,11 @@ impl Inner {
                 }
             }
             _ => return Err(c.corrupt("unknown inode type")),
+        }
+        // As the kernel's iget does: the xattrs' size counts in st_blocks, and an xattr id the
+        // table cannot resolve makes the inode unreadable.
+        if let (Some(id), Some(_)) = (inode.xattr, &self.xattr) {
+            inode.xattr_size = self.xattr_id(id)?.size;
         }
         Ok(inode)
     }

@@ -160,8 +160,8 @@ impl Image {
             export_table,
             xattr: None,
             md_cache: BlockCache::new(cache.metadata_bytes, METADATA_SIZE as u64),
-            data_cache: BlockCache::new(cache.data_bytes, bs),
-            fragment_cache: BlockCache::new(cache.fragment_bytes, bs),
+            data_cache: BlockCache::new(cache.data_bytes.max(4 * bs), bs),
+            fragment_cache: BlockCache::new(cache.fragment_bytes.max(4 * bs), bs),
             inode_cache: ObjectCache::new(cache.inodes),
             counters: Counters::default(),
         };

@@ -74,6 +74,9 @@ pub(crate) struct FragmentEntry {
 pub(crate) struct XattrIdEntry {
     pub(crate) kv_ref: u64,
     pub(crate) count: u32,
+    /// Bytes of all names and values (out-of-line values at their full length); the kernel
+    /// adds `ceil(size / 512)` to the inode's `i_blocks`.
+    pub(crate) size: u32,
 }
 
 impl Inner {
@@ -115,7 +118,7 @@ impl Inner {
         let mut c = table.ids.entry(self, u64::from(i))?;
         let kv_ref = c.u64()?;
         let count = c.u32()?;
-        let _size = c.u32()?;
-        Ok(XattrIdEntry { kv_ref, count })
+        let size = c.u32()?;
+        Ok(XattrIdEntry { kv_ref, count, size })
     }
 }
