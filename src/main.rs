@@ -60,6 +60,12 @@ struct MountArgs {
     /// A lower layer: a directory or a SquashFS image file; repeat, topmost first.
     #[arg(long = "lower", required = true)]
     lowers: Vec<PathBuf>,
+    /// The writable upper directory (copy-on-write); needs --work.
+    #[arg(long = "upper", requires = "work")]
+    upper: Option<PathBuf>,
+    /// The work directory, on the same filesystem as --upper.
+    #[arg(long = "work", requires = "upper")]
+    work: Option<PathBuf>,
     /// Stay in the foreground.
     #[arg(short, long)]
     foreground: bool,
@@ -93,6 +99,8 @@ fn mount_request(args: MountArgs) -> anyhow::Result<MountRequest> {
     let cwd = std::env::current_dir()?;
     req.lowers = args.lowers.iter().map(|p| cwd.join(p)).collect();
     req.mountpoint = cwd.join(&args.mountpoint);
+    req.upper = args.upper.as_ref().map(|p| cwd.join(p));
+    req.work = args.work.as_ref().map(|p| cwd.join(p));
     for o in &args.options {
         for item in options::split_options(o) {
             req.apply(&item)?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use parallaxfs_fs::overlay::idmap::Identity;
-use parallaxfs_fs::overlay::{Layer, PlainLayer, SquashLayer, Stack, StackOptions};
+use parallaxfs_fs::overlay::{Layer, PlainLayer, SquashLayer, Stack, StackOptions, Upper};
 use parallaxfs_fs::{MountOptions, OverlayFs};
 use parallaxfs_squash::{Image, OpenOptions};
 
@@ -67,11 +67,31 @@ fn open_layer(path: &Path, index: usize, req: &MountRequest) -> Result<Box<dyn L
 
 /// Opens every layer of the request into a stack.
 pub fn build_stack(req: &MountRequest) -> Result<Stack> {
-    if req.upper.is_some() {
-        bail!("upperdir: writable mounts are not implemented yet; mount without upperdir for a read-only union");
-    }
     let layers = req.lowers.iter().enumerate().map(|(i, p)| open_layer(p, i, req)).collect::<Result<Vec<_>>>()?;
-    Ok(Stack::with_options(layers, stack_options(req))?)
+    let stack = Stack::with_options(layers, stack_options(req))?;
+    let (Some(upper), Some(work)) = (&req.upper, &req.work) else { return Ok(stack) };
+    let up = Upper::open(upper, work, req.volatile).map_err(|e| match e {
+        parallaxfs_fs::overlay::Error::BadLayer { path, reason } if path == upper.display().to_string() => {
+            anyhow!("upperdir {path}: {reason}")
+        }
+        parallaxfs_fs::overlay::Error::BadLayer { path, reason } => anyhow!("workdir {path}: {reason}"),
+        e => anyhow!("upperdir {}: {e}", upper.display()),
+    })?;
+    check_writable(upper)?;
+    Ok(stack.with_upper(up))
+}
+
+/// Refuses an upper directory the daemon cannot write (read-only fs, no permission) at mount
+/// time, rather than failing the first write inside a container.
+fn check_writable(upper: &Path) -> Result<()> {
+    if let Err(e) = nix::unistd::access(upper, nix::unistd::AccessFlags::W_OK) {
+        bail!("upperdir {}: not writable: {}", upper.display(), e.desc());
+    }
+    let st = nix::sys::statvfs::statvfs(upper).with_context(|| format!("upperdir {}", upper.display()))?;
+    if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        bail!("upperdir {}: read-only file system", upper.display());
+    }
+    Ok(())
 }
 
 fn overflow_id(knob: &str) -> u32 {

@@ -8,12 +8,13 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
-use parallaxfs_overlay::{Error, Node, Stack};
+use parallaxfs_overlay::NewObject;
+use parallaxfs_overlay::{Error, Node, SetAttr, Stack};
 
 use crate::attr::{file_attr, file_type, negative, IMMUTABLE_TTL};
 use crate::errno::{errno, is_fault};
@@ -27,19 +28,19 @@ const MAX_READ: usize = 1 << 20;
 /// A union stack served over FUSE.
 #[derive(Debug)]
 pub struct OverlayFs {
-    stack: Stack,
-    nodes: NodeTable,
-    files: Handles<OpenFile>,
+    pub(crate) stack: Stack,
+    pub(crate) nodes: NodeTable,
+    pub(crate) files: Handles<OpenFile>,
     dirs: Handles<DirHandle>,
     page_store: PageStore,
-    ttl: std::time::Duration,
+    pub(crate) ttl: std::time::Duration,
 }
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-fn fail(op: &'static str, err: &Error) -> Errno {
+pub(crate) fn fail(op: &'static str, err: &Error) -> Errno {
     if is_fault(err) {
         tracing::warn!(op, error = %err, "request failed");
     } else {
@@ -49,7 +50,7 @@ fn fail(op: &'static str, err: &Error) -> Errno {
 }
 
 impl OverlayFs {
-    /// Serves `stack` (read-only: every modifying request is answered EROFS).
+    /// Serves `stack` (without an upper layer every modifying request is answered EROFS).
     pub fn new(stack: Stack) -> Result<OverlayFs, Error> {
         let root = stack.root()?;
         let page_store = PageStore::start()?;
@@ -73,8 +74,13 @@ impl OverlayFs {
         self.page_store.notifier_slot()
     }
 
-    fn node(&self, id: INodeNo) -> Result<Node, Error> {
+    pub(crate) fn node(&self, id: INodeNo) -> Result<Node, Error> {
         self.nodes.get(id.0).ok_or(Error::NotFound)
+    }
+
+    /// The chain of names from the root to node `id` (what copy-up needs).
+    pub(crate) fn chain(&self, id: INodeNo) -> Result<Vec<(Box<[u8]>, Node)>, Error> {
+        self.nodes.chain(id.0).ok_or(Error::NotFound)
     }
 
     fn lookup_node(&self, parent: INodeNo, name: &OsStr) -> Result<(Node, fuser::FileAttr), Error> {
@@ -127,7 +133,7 @@ impl Filesystem for OverlayFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.lookup_node(parent, name) {
             Ok((node, attr)) => {
-                self.nodes.remember(&node);
+                self.nodes.remember(&node, parent.0, name.as_bytes());
                 reply.entry(&self.ttl, &attr, Generation(0));
             }
             // Lower layers never change: cache the absence too.
@@ -140,8 +146,8 @@ impl Filesystem for OverlayFs {
         self.nodes.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino).and_then(|n| self.stack.attr(&n)) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino).and_then(|n| self.attr_of(&n, fh)) {
             Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
             Err(e) => reply.error(fail("getattr", &e)),
         }
@@ -155,11 +161,14 @@ impl Filesystem for OverlayFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return reply.error(Errno::EROFS);
-        }
-        match self.node(ino).and_then(|n| self.stack.open(&n)) {
-            Ok(file) => reply.opened(FileHandle(self.files.insert(file)), FopenFlags::FOPEN_KEEP_CACHE),
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.open_file(ino, write, flags.0 & libc::O_TRUNC != 0) {
+            Ok(file) => {
+                // Lower files never change: the kernel may keep their pages across opens.
+                let keep =
+                    if matches!(file, OpenFile::Lower(_)) { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(FileHandle(self.files.insert(file)), keep)
+            }
             Err(e) => reply.error(fail("open", &e)),
         }
     }
@@ -199,7 +208,10 @@ impl Filesystem for OverlayFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.open_dir(ino) {
             // Lower directories never change: let the kernel cache their listings.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Ok(fh) if !self.stack.writable() => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+            }
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(fail("opendir", &e)),
         }
     }
@@ -257,7 +269,7 @@ impl Filesystem for OverlayFs {
             if reply.add(attr.ino, i as u64 + 3, name, &self.ttl, &attr, Generation(0)) {
                 break;
             }
-            self.nodes.remember(&node);
+            self.nodes.remember(&node, ino.0, &item.name);
         }
         reply.ok();
     }
@@ -305,108 +317,209 @@ impl Filesystem for OverlayFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.node(ino) {
-            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(_) if mask.contains(AccessFlags::W_OK) && !self.stack.writable() => reply.error(Errno::EROFS),
             Ok(_) => reply.ok(),
             Err(e) => reply.error(fail("access", &e)),
         }
     }
 
-    // Everything below modifies the union: a stack without an upper layer is read-only.
+    // Everything below modifies the union (EROFS without an upper layer); the work is in
+    // `write_ops.rs`.
 
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time_spec), mtime: mtime.map(time_spec) };
+        match self.set_attr(ino, &set, fh) {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(e) => reply.error(fail("setattr", &e)),
+        }
     }
 
-    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let what = NewObject::Special { kind: mode & libc::S_IFMT, rdev: decode_dev(rdev) };
+        self.reply_new(req, parent, name, mode, umask, what, reply);
     }
 
-    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.reply_new(req, parent, name, mode, umask, NewObject::Dir, reply);
     }
 
-    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.remove(parent, name.as_bytes(), false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("unlink", &e)),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.remove(parent, name.as_bytes(), true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rmdir", &e)),
+        }
     }
 
-    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+    fn symlink(&self, req: &Request, parent: INodeNo, name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let what = NewObject::Symlink(target.as_os_str().as_bytes());
+        self.reply_new(req, parent, name, 0o777, 0, what, reply);
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _f: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        match self.rename_entry(parent, name.as_bytes(), new_parent, new_name.as_bytes(), flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rename", &e)),
+        }
     }
 
-    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+    fn link(&self, _req: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
+        match self.link_entry(ino, new_parent, new_name.as_bytes()) {
+            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(fail("link", &e)),
+        }
     }
 
     fn write(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        match self.write_at(fh, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(fail("write", &e)),
+        }
     }
 
-    fn setxattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, _v: &[u8], _f: i32, _p: u32, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _pos: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.chain(ino).and_then(|c| self.stack.set_xattr(&c, name.as_bytes(), value, flags)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("setxattr", &e)),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.chain(ino).and_then(|c| self.stack.remove_xattr(&c, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("removexattr", &e)),
+        }
     }
 
-    fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: ReplyCreate) {
-        reply.error(Errno::EROFS);
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _ = flags;
+        match self.create_file(req, parent, name.as_bytes(), mode, umask) {
+            Ok((attr, fh)) => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(fail("create", &e)),
+        }
     }
 
-    fn fallocate(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _o: u64, _l: u64, _m: i32, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.allocate(fh, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fallocate", &e)),
+        }
     }
 
-    fn fsync(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.copy_range(fh_in, offset_in, fh_out, offset_out, len) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(fail("copy_file_range", &e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _i: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.sync(fh, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsync", &e)),
+        }
     }
 
     fn fsyncdir(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
         reply.ok();
     }
+}
+
+fn time_spec(t: TimeOrNow) -> Option<nix::sys::time::TimeSpec> {
+    match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(t) => {
+            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Some(nix::sys::time::TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos())))
+        }
+    }
+}
+
+/// The kernel's `new_decode_dev`, as a `dev_t`.
+fn decode_dev(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    nix::sys::stat::makedev(u64::from(major), u64::from(minor))
 }

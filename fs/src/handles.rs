@@ -39,8 +39,51 @@ impl<T> Handles<T> {
     }
 }
 
-/// An open regular file.
-pub type FileHandle = Box<dyn FileReader>;
+/// An open regular file: a lower file read through its layer, or an upper file's fd.
+#[derive(Debug)]
+pub enum FileHandle {
+    /// Read-only, from a lower layer.
+    Lower(Box<dyn FileReader>),
+    /// An upper file (read and written with pread/pwrite).
+    Upper(std::fs::File),
+}
+
+impl FileHandle {
+    /// Reads at `offset`; fewer bytes only at end of file.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, parallaxfs_overlay::Error> {
+        match self {
+            FileHandle::Lower(r) => r.read_at(offset, buf),
+            FileHandle::Upper(f) => {
+                let mut done = 0;
+                while done < buf.len() {
+                    match std::os::unix::fs::FileExt::read_at(f, &mut buf[done..], offset + done as u64) {
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(done)
+            }
+        }
+    }
+
+    /// Size of the unit a lower layer decodes at once (see `FileReader::decode_unit`).
+    pub fn decode_unit(&self) -> Option<u64> {
+        match self {
+            FileHandle::Lower(r) => r.decode_unit(),
+            FileHandle::Upper(_) => None,
+        }
+    }
+
+    /// The upper file, for writes.
+    pub fn upper(&self) -> Option<&std::fs::File> {
+        match self {
+            FileHandle::Upper(f) => Some(f),
+            FileHandle::Lower(_) => None,
+        }
+    }
+}
 
 /// An open directory: its listing, `.` and `..` first.
 #[derive(Debug)]

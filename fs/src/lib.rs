@@ -14,6 +14,7 @@ pub mod errno;
 mod handles;
 pub mod node_table;
 mod page_store;
+mod write_ops;
 
 use std::io;
 use std::path::Path;

@@ -1,9 +1,12 @@
-//! FUSE node ids → union nodes, with the kernel's lookup counts.
+//! FUSE node ids → union nodes, with the kernel's lookup counts and the name each node was
+//! last reached by.
 //!
 //! The node id of an object is its `st_ino` (fuser 0.18 takes the node id from `attr.ino`);
 //! both are decided by `parallaxfs_overlay::inode_number`. Node 1 is the root (FUSE_ROOT_ID)
 //! and is never forgotten. A node lives from the first lookup that returns it until the kernel
-//! forgets every lookup of it.
+//! forgets every lookup of it; the kernel never forgets a directory before its children, so
+//! the chain of parents of a live node is always in the table. Copy-up needs that chain: it
+//! is how a change to `/a/b/c` finds (and copies up) `/a` and `/a/b` first.
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -15,6 +18,8 @@ pub const ROOT_ID: u64 = 1;
 #[derive(Debug)]
 struct Slot {
     node: Node,
+    parent: u64,
+    name: Box<[u8]>,
     lookups: u64,
 }
 
@@ -33,23 +38,66 @@ impl NodeTable {
 
     /// The node with id `id`, if the kernel may still use it.
     pub fn get(&self, id: u64) -> Option<Node> {
-        if id == ROOT_ID {
+        if id == ROOT_ID || id == self.root.ino {
             return Some(self.root.clone());
         }
         self.nodes.get(&id).map(|s| s.node.clone())
     }
 
-    /// Records one more kernel reference to `node` (a lookup reply, a readdirplus entry).
-    pub fn remember(&self, node: &Node) {
+    /// The node id the kernel uses for `node`.
+    pub fn id_of(&self, node: &Node) -> u64 {
+        if node.ino == self.root.ino {
+            ROOT_ID
+        } else {
+            node.ino
+        }
+    }
+
+    /// Records one more kernel reference to `node`, reached as `name` in directory `parent`
+    /// (a lookup reply, a readdirplus entry, a create).
+    pub fn remember(&self, node: &Node, parent: u64, name: &[u8]) {
         if node.ino == self.root.ino {
             return;
         }
         match self.nodes.entry(node.ino) {
-            Entry::Occupied(mut o) => o.get_mut().lookups += 1,
+            Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                slot.lookups += 1;
+                if slot.parent != parent || *slot.name != *name {
+                    slot.parent = parent;
+                    slot.name = name.into();
+                }
+            }
             Entry::Vacant(v) => {
-                v.insert(Slot { node: node.clone(), lookups: 1 });
+                v.insert(Slot { node: node.clone(), parent, name: name.into(), lookups: 1 });
             }
         }
+    }
+
+    /// Replaces what node `id` stands for (after a rename or copy-up), keeping its count.
+    pub fn replace(&self, id: u64, node: Node, parent: u64, name: &[u8]) {
+        if let Some(mut slot) = self.nodes.get_mut(&id) {
+            slot.node = node;
+            slot.parent = parent;
+            slot.name = name.into();
+        }
+    }
+
+    /// The names from the root down to node `id`: `[("", root), (name, node)...]`.
+    pub fn chain(&self, id: u64) -> Option<Vec<(Box<[u8]>, Node)>> {
+        let mut out = Vec::new();
+        let mut cur = id;
+        while cur != ROOT_ID && cur != self.root.ino {
+            let slot = self.nodes.get(&cur)?;
+            out.push((slot.name.clone(), slot.node.clone()));
+            cur = slot.parent;
+            if out.len() > 1 << 16 {
+                return None;
+            }
+        }
+        out.push((Box::default(), self.root.clone()));
+        out.reverse();
+        Some(out)
     }
 
     /// Drops `count` kernel references; the node goes when none is left.

@@ -45,6 +45,13 @@ impl IdMap {
     }
 }
 
+impl IdMap {
+    /// The disk id of a shown id, or `None` when no range covers it.
+    pub fn to_disk(&self, shown: u32) -> Option<u32> {
+        self.ranges.iter().find(|r| shown >= r.shown && shown - r.shown < r.count).map(|r| r.disk + (shown - r.shown))
+    }
+}
+
 /// Which override-stat xattr holds the real owner and mode (`xattr_permissions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OverrideStat {
@@ -121,6 +128,22 @@ impl Identity {
             return disk;
         }
         self.uids.to_shown(disk).unwrap_or(self.overflow_uid)
+    }
+
+    /// The uid written to disk for an owner the mount shows (new objects, chown).
+    pub fn disk_uid(&self, shown: u32) -> u32 {
+        if self.uids.ranges.is_empty() {
+            return shown;
+        }
+        self.uids.to_disk(shown).unwrap_or(self.overflow_uid)
+    }
+
+    /// The gid written to disk for a group the mount shows.
+    pub fn disk_gid(&self, shown: u32) -> u32 {
+        if self.gids.ranges.is_empty() {
+            return shown;
+        }
+        self.gids.to_disk(shown).unwrap_or(self.overflow_gid)
     }
 
     /// The gid shown for a disk gid.

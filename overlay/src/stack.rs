@@ -1,14 +1,18 @@
-//! The `Stack`: ordered layers (topmost first) merged by the kernel overlayfs's rules —
-//! lookup, readdir merge, attributes of merged directories, xattr filtering.
+//! The `Stack`: an optional upper layer over ordered lower layers (topmost first), merged by
+//! the kernel overlayfs's rules — lookup, readdir merge, attributes of merged directories,
+//! xattr filtering. Modifications live in `copy_up.rs` and `write.rs`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
 
 use crate::attr::{Attr, FileKind};
 use crate::error::{Error, Result};
 use crate::idmap::{parse_override, Identity};
 use crate::inode_number::{lower_slot, InodeNumbers};
 use crate::layer::{FileReader, Handle, Layer, StatFs};
+use crate::upper::Upper;
 use crate::whiteout::{
     dir_mark, has_aufs_whiteout, is_hidden_name, is_private_xattr, is_whiteout, DirMark, OPAQUE_MARKER,
 };
@@ -16,36 +20,58 @@ use crate::whiteout::{
 /// Longest name the union accepts (NAME_MAX).
 pub const NAME_MAX: usize = 255;
 
+/// Layer index of the upper layer (lowers are 0, 1, ... topmost first).
+pub(crate) const UPPER: usize = usize::MAX;
+
 /// One directory of a merged directory's stack.
 #[derive(Debug, Clone)]
-struct LayerDir {
-    layer: usize,
-    handle: Handle,
-    mark: DirMark,
+pub(crate) struct LayerDir {
+    pub(crate) layer: usize,
+    pub(crate) handle: Handle,
+    pub(crate) mark: DirMark,
 }
 
 #[derive(Debug, Clone)]
-enum Object {
-    /// A directory: its layer directories, top first, truncated after the first opaque one.
+pub(crate) enum Object {
+    /// A directory: its lower layer directories, top first, truncated after the first opaque
+    /// one (the upper directory, if any, is in [`Node::upper`]).
     Dir(Arc<[LayerDir]>),
-    /// A non-directory, provided by exactly one layer.
+    /// A non-directory, provided by exactly one layer (`UPPER` or a lower) when looked up.
     Leaf { layer: usize, handle: Handle },
 }
 
-/// An object of the union as a lookup found it.
+/// An object of the union as a lookup found it. Clones share the upper slot, so a copy-up
+/// done through one clone is seen by all.
 #[derive(Debug, Clone)]
 pub struct Node {
     /// The `st_ino` users see.
     pub ino: u64,
     /// File type.
     pub kind: FileKind,
-    object: Object,
+    pub(crate) object: Object,
+    /// The object's upper copy, once it has one.
+    pub(crate) upper: Arc<OnceLock<LayerDir>>,
 }
 
 impl Node {
     /// True for a directory merged from more than one layer.
     pub fn is_merged(&self) -> bool {
-        matches!(&self.object, Object::Dir(dirs) if dirs.len() > 1)
+        match &self.object {
+            Object::Dir(dirs) => dirs.len() + usize::from(self.upper.get().is_some()) > 1,
+            Object::Leaf { .. } => false,
+        }
+    }
+
+    /// True when the object lives in the upper layer.
+    pub fn in_upper(&self) -> bool {
+        self.upper.get().is_some()
+    }
+
+    pub(crate) fn lowers(&self) -> &[LayerDir] {
+        match &self.object {
+            Object::Dir(d) => d,
+            Object::Leaf { .. } => &[],
+        }
     }
 }
 
@@ -69,12 +95,17 @@ pub struct StackOptions {
     pub no_xattrs: bool,
 }
 
-/// Ordered read-only layers, topmost first.
+/// An optional upper layer over ordered read-only layers, topmost first.
 #[derive(Debug)]
 pub struct Stack {
-    lowers: Vec<Box<dyn Layer>>,
+    pub(crate) lowers: Vec<Box<dyn Layer>>,
+    pub(crate) upper: Option<Upper>,
     numbers: InodeNumbers,
-    options: StackOptions,
+    pub(crate) options: StackOptions,
+    /// Upper inode → the number its object had before copy-up (this session).
+    pub(crate) copied: DashMap<u64, u64>,
+    /// Striped locks serializing copy-ups of one object.
+    pub(crate) copy_locks: Box<[std::sync::Mutex<()>]>,
 }
 
 impl Stack {
@@ -88,7 +119,31 @@ impl Stack {
         if lowers.is_empty() {
             return Err(Error::BadLayer { path: String::new(), reason: "no lower layer given".into() });
         }
-        Ok(Stack { lowers, numbers: InodeNumbers::default(), options })
+        let copy_locks = (0..64).map(|_| std::sync::Mutex::new(())).collect();
+        Ok(Stack { lowers, upper: None, numbers: InodeNumbers::default(), options, copied: DashMap::new(), copy_locks })
+    }
+
+    /// Adds a writable upper layer: the union becomes copy-on-write.
+    pub fn with_upper(mut self, upper: Upper) -> Stack {
+        self.upper = Some(upper);
+        self
+    }
+
+    /// The upper layer, or EROFS.
+    pub(crate) fn upper(&self) -> Result<&Upper> {
+        self.upper.as_ref().ok_or(Error::ReadOnly)
+    }
+
+    /// True when the union has an upper layer.
+    pub fn writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    pub(crate) fn layer(&self, index: usize) -> &dyn Layer {
+        match (index, &self.upper) {
+            (UPPER, Some(u)) => &u.layer,
+            _ => self.lowers[index.min(self.lowers.len() - 1)].as_ref(),
+        }
     }
 
     /// Number of lower layers.
@@ -96,39 +151,70 @@ impl Stack {
         self.lowers.len()
     }
 
-    fn layer_dir(&self, layer: usize, handle: Handle) -> Result<LayerDir> {
-        let mark = dir_mark(self.lowers[layer].as_ref(), &handle)?;
+    pub(crate) fn layer_dir(&self, layer: usize, handle: Handle) -> Result<LayerDir> {
+        let mark = dir_mark(self.layer(layer), &handle)?;
         Ok(LayerDir { layer, handle, mark })
     }
 
-    fn number(&self, layer: usize, handle: &Handle) -> Result<u64> {
-        let ino = self.lowers[layer].attr(handle)?.ino;
+    pub(crate) fn number(&self, layer: usize, handle: &Handle) -> Result<u64> {
+        let ino = self.layer(layer).attr(handle)?.ino;
+        if layer == UPPER {
+            if let Some(n) = self.copied.get(&ino) {
+                return Ok(*n);
+            }
+            // Upper number 1 would be the FUSE root id: give it an overflow number.
+            return Ok(self.numbers.compose(0, if ino == 1 { u64::MAX } else { ino }));
+        }
         Ok(self.numbers.compose(lower_slot(layer), ino))
     }
 
-    fn dir_node(&self, dirs: Vec<LayerDir>) -> Result<Node> {
-        let top = &dirs[0];
-        let ino = self.number(top.layer, &top.handle)?;
-        Ok(Node { ino, kind: FileKind::Dir, object: Object::Dir(dirs.into()) })
+    /// A directory node from its upper dir (if any) and lower dirs.
+    pub(crate) fn dir_node(&self, upper: Option<LayerDir>, lowers: Vec<LayerDir>) -> Result<Node> {
+        let ino = match (lowers.first(), &upper) {
+            (Some(top), _) => self.number(top.layer, &top.handle)?,
+            (None, Some(u)) => self.number(UPPER, &u.handle)?,
+            (None, None) => return Err(Error::NotFound),
+        };
+        let cell = OnceLock::new();
+        if let Some(u) = upper {
+            let _ = cell.set(u);
+        }
+        Ok(Node { ino, kind: FileKind::Dir, object: Object::Dir(lowers.into()), upper: Arc::new(cell) })
+    }
+
+    pub(crate) fn leaf_node(&self, layer: usize, handle: Handle, kind: FileKind) -> Result<Node> {
+        let ino = self.number(layer, &handle)?;
+        let cell = OnceLock::new();
+        if layer == UPPER {
+            let _ = cell.set(LayerDir { layer, handle: handle.clone(), mark: DirMark::Transparent });
+        }
+        Ok(Node { ino, kind, object: Object::Leaf { layer, handle }, upper: Arc::new(cell) })
     }
 
     /// The root directory.
     pub fn root(&self) -> Result<Node> {
+        let upper = match &self.upper {
+            Some(u) => Some(self.layer_dir(UPPER, u.layer.root()?)?),
+            None => None,
+        };
         let mut dirs = Vec::new();
-        for (layer, l) in self.lowers.iter().enumerate() {
-            let d = self.layer_dir(layer, l.root()?)?;
-            let opaque = d.mark == DirMark::Opaque;
-            dirs.push(d);
-            if opaque {
-                break;
+        if upper.as_ref().is_none_or(|u| u.mark != DirMark::Opaque) {
+            for (layer, l) in self.lowers.iter().enumerate() {
+                let d = self.layer_dir(layer, l.root()?)?;
+                let opaque = d.mark == DirMark::Opaque;
+                dirs.push(d);
+                if opaque {
+                    break;
+                }
             }
         }
-        self.dir_node(dirs)
+        self.dir_node(upper, dirs)
     }
 
-    fn dirs<'a>(&self, node: &'a Node) -> Result<&'a [LayerDir]> {
+    /// The layer directories of a directory node, upper first.
+    pub(crate) fn dirs(&self, node: &Node) -> Result<Vec<LayerDir>> {
         match &node.object {
-            Object::Dir(d) => Ok(d),
+            Object::Dir(d) => Ok(node.upper.get().cloned().into_iter().chain(d.iter().cloned()).collect()),
             Object::Leaf { .. } => Err(Error::NotDir),
         }
     }
@@ -142,8 +228,10 @@ impl Stack {
             return Err(Error::NotFound);
         }
         let mut found: Vec<LayerDir> = Vec::new();
+        let mut upper_dir = None;
         for d in self.dirs(dir)? {
-            let layer = self.lowers[d.layer].as_ref();
+            let d = &d;
+            let layer = self.layer(d.layer);
             let aufs_whiteout = || has_aufs_whiteout(layer, &d.handle, name);
             let Some(object) = layer.lookup(&d.handle, name)? else {
                 if aufs_whiteout()? {
@@ -156,32 +244,53 @@ impl Stack {
                 break;
             }
             if kind != FileKind::Dir {
-                if found.is_empty() {
-                    let ino = self.number(d.layer, &object)?;
-                    return Ok(Node { ino, kind, object: Object::Leaf { layer: d.layer, handle: object } });
+                if found.is_empty() && upper_dir.is_none() {
+                    return self.leaf_node(d.layer, object, kind);
                 }
                 break;
             }
             let child = self.layer_dir(d.layer, object)?;
             let ends = child.mark == DirMark::Opaque || aufs_whiteout()?;
-            found.push(child);
+            if d.layer == UPPER {
+                upper_dir = Some(child);
+            } else {
+                found.push(child);
+            }
             if ends {
                 break;
             }
         }
-        if found.is_empty() {
-            return Err(Error::NotFound);
+        self.dir_node(upper_dir, found)
+    }
+
+    /// True when a lookup of `name` in `dir` over the lower layers only finds an object:
+    /// removing it from the union then needs a whiteout.
+    pub(crate) fn lower_positive(&self, dir: &Node, name: &[u8]) -> Result<bool> {
+        for d in dir.lowers() {
+            let layer = self.layer(d.layer);
+            let Some(object) = layer.lookup(&d.handle, name)? else {
+                if has_aufs_whiteout(layer, &d.handle, name)? {
+                    return Ok(false);
+                }
+                continue;
+            };
+            let kind = layer.kind(&object)?;
+            return Ok(!is_whiteout(layer, d.mark, &object, kind)?);
         }
-        self.dir_node(found)
+        Ok(false)
     }
 
     /// Attributes, with the union's inode number and directory link-count rule.
     pub fn attr(&self, node: &Node) -> Result<Attr> {
         let mut attr = match &node.object {
-            Object::Leaf { layer, handle } => self.lowers[*layer].attr(handle)?,
-            Object::Dir(dirs) => {
-                let mut a = self.lowers[dirs[0].layer].attr(&dirs[0].handle)?;
-                if dirs.len() > 1 {
+            Object::Leaf { .. } => {
+                let (layer, handle) = self.provider(node);
+                self.layer(layer).attr(&handle)?
+            }
+            Object::Dir(_) => {
+                let (layer, handle) = self.provider(node);
+                let mut a = self.layer(layer).attr(&handle)?;
+                if node.is_merged() {
                     // The kernel reports 1 for merged directories ("seems to pacify find").
                     a.nlink = 1;
                 }
@@ -200,7 +309,7 @@ impl Stack {
             if matches!(attr.kind, FileKind::File | FileKind::Dir) {
                 let (layer, handle) = self.provider(node);
                 if let Some((uid, gid, perm)) =
-                    self.lowers[layer].get_xattr(&handle, name)?.as_deref().and_then(parse_override)
+                    self.layer(layer).get_xattr(&handle, name)?.as_deref().and_then(parse_override)
                 {
                     attr.uid = uid;
                     attr.gid = gid;
@@ -227,11 +336,12 @@ impl Stack {
     /// The merged listing of `dir`, without `.` and `..` (overlay_semantics.md §1.3).
     pub fn read_dir(&self, dir: &Node) -> Result<Vec<DirItem>> {
         let dirs = self.dirs(dir)?;
+        let dirs = &dirs;
         let mut items: Vec<DirItem> = Vec::new();
         let mut seen: HashMap<Box<[u8]>, ()> = HashMap::new();
         let mut hidden: HashSet<Box<[u8]>> = HashSet::new();
         for d in dirs {
-            let layer = self.lowers[d.layer].as_ref();
+            let layer = self.layer(d.layer);
             let mut whiteouts = Vec::new();
             for e in layer.read_dir(&d.handle)? {
                 if let Some(target) = e.name.strip_prefix(crate::whiteout::WHITEOUT_PREFIX) {
@@ -247,7 +357,17 @@ impl Stack {
                     whiteouts.push(e.name);
                     continue;
                 }
-                let ino = self.numbers.compose(lower_slot(d.layer), e.ino);
+                let ino = if d.layer == UPPER {
+                    // Upper numbers depend on copy-ups and, for directories, on the lowers
+                    // below: ask the one rule lookup uses.
+                    match self.lookup(dir, &e.name) {
+                        Ok(n) => n.ino,
+                        Err(Error::NotFound) => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    self.numbers.compose(lower_slot(d.layer), e.ino)
+                };
                 seen.insert(e.name.clone(), ());
                 items.push(DirItem { name: e.name, ino, kind: e.kind });
             }
@@ -261,14 +381,19 @@ impl Stack {
         if kind == FileKind::File && d.mark != DirMark::HoldsXattrWhiteouts {
             return Ok(false);
         }
-        let layer = self.lowers[d.layer].as_ref();
+        let layer = self.layer(d.layer);
         match layer.lookup(&d.handle, name)? {
             Some(object) => is_whiteout(layer, d.mark, &object, kind),
             None => Ok(false),
         }
     }
 
-    fn provider(&self, node: &Node) -> (usize, Handle) {
+    /// The layer object that provides `node`'s data and attributes: its upper copy if it has
+    /// one, else the top lower.
+    pub(crate) fn provider(&self, node: &Node) -> (usize, Handle) {
+        if let Some(u) = node.upper.get() {
+            return (UPPER, u.handle.clone());
+        }
         match &node.object {
             Object::Leaf { layer, handle } => (*layer, handle.clone()),
             Object::Dir(dirs) => (dirs[0].layer, dirs[0].handle.clone()),
@@ -281,7 +406,7 @@ impl Stack {
             return Err(Error::NotSymlink);
         }
         let (layer, handle) = self.provider(node);
-        self.lowers[layer].read_link(&handle)
+        self.layer(layer).read_link(&handle)
     }
 
     /// Extended attribute names, without overlay-private ones; `trusted.*` only when
@@ -289,7 +414,7 @@ impl Stack {
     pub fn list_xattr(&self, node: &Node, privileged: bool) -> Result<Vec<Vec<u8>>> {
         self.xattrs_supported()?;
         let (layer, handle) = self.provider(node);
-        let mut names = self.lowers[layer].list_xattr(&handle)?;
+        let mut names = self.layer(layer).list_xattr(&handle)?;
         names.retain(|n| !self.hidden_xattr(n) && (privileged || !n.starts_with(b"trusted.")));
         Ok(names)
     }
@@ -301,7 +426,7 @@ impl Stack {
             return Err(Error::NoData);
         }
         let (layer, handle) = self.provider(node);
-        self.lowers[layer].get_xattr(&handle, name)?.ok_or(Error::NoData)
+        self.layer(layer).get_xattr(&handle, name)?.ok_or(Error::NoData)
     }
 
     /// Opens a regular file for reading.
@@ -310,12 +435,16 @@ impl Stack {
             return Err(Error::IsDir);
         }
         let (layer, handle) = self.provider(node);
-        self.lowers[layer].open(&handle)
+        self.layer(layer).open(&handle)
     }
 
-    /// Filesystem statistics: those of the topmost layer, names limited to NAME_MAX.
+    /// Filesystem statistics: those of the upper layer, else of the topmost lower; names
+    /// limited to NAME_MAX.
     pub fn statfs(&self) -> Result<StatFs> {
-        let mut st = self.lowers[0].statfs()?;
+        let mut st = match &self.upper {
+            Some(u) => u.layer.statfs()?,
+            None => self.lowers[0].statfs()?,
+        };
         st.namelen = st.namelen.min(NAME_MAX as u32);
         Ok(st)
     }
@@ -323,6 +452,6 @@ impl Stack {
     /// True when the object never changes while mounted (every lower object).
     pub fn is_immutable(&self, node: &Node) -> bool {
         let (layer, _) = self.provider(node);
-        self.lowers[layer].immutable()
+        layer != UPPER && self.upper.is_none() && self.layer(layer).immutable()
     }
 }

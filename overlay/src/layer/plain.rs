@@ -28,6 +28,23 @@ pub struct PlainHandle {
     name: Box<[u8]>,
 }
 
+impl PlainHandle {
+    /// The object's own `O_PATH` fd when it is a directory.
+    pub(crate) fn dir_fd(&self) -> Option<&Arc<OwnedFd>> {
+        self.dir_fd.as_ref()
+    }
+
+    /// The directory holding the object (the root holds itself, as `.`).
+    pub(crate) fn parent_fd(&self) -> &Arc<OwnedFd> {
+        &self.parent
+    }
+
+    /// The object's name in its parent.
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.name
+    }
+}
+
 /// A read-only layer backed by a directory.
 #[derive(Debug)]
 pub struct PlainLayer {
@@ -46,6 +63,11 @@ impl PlainLayer {
         let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| Error::BadLayer { path: path.display().to_string(), reason: e.desc().to_string() })?;
         Ok(PlainLayer { root: Arc::new(fd), path: path.to_path_buf() })
+    }
+
+    /// The root directory's `O_PATH` fd.
+    pub(crate) fn root_fd(&self) -> Arc<OwnedFd> {
+        self.root.clone()
     }
 
     /// The directory this layer was opened from.
@@ -72,7 +94,7 @@ impl PlainLayer {
     }
 
     /// `/proc/self/fd/PARENT/NAME`: reaches the object without following it if it is a link.
-    fn proc_path(h: &PlainHandle) -> PathBuf {
+    pub(crate) fn proc_path(h: &PlainHandle) -> PathBuf {
         let mut p = PathBuf::from(format!("/proc/self/fd/{}", h.parent.as_raw_fd()));
         p.push(OsStr::from_bytes(&h.name));
         p

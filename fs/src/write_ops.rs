@@ -1,0 +1,210 @@
+//! The modifying requests of a copy-on-write mount: argument conversion around the union's
+//! write operations, and the node-table bookkeeping they need (new names, renamed nodes).
+
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+
+use fuser::{FileAttr, FileHandle, Generation, INodeNo, ReplyEntry, Request};
+use parallaxfs_overlay::{Caller, Error, NewObject, Node, SetAttr};
+
+use crate::adapter::{fail, OverlayFs};
+use crate::attr::file_attr;
+use crate::handles::FileHandle as OpenFile;
+
+fn errno(e: nix::errno::Errno) -> Error {
+    Error::from(e)
+}
+
+impl OverlayFs {
+    fn caller(req: &Request, umask: u32) -> Caller {
+        Caller { uid: req.uid(), gid: req.gid(), umask }
+    }
+
+    /// Attributes of `node`; an open upper file answers from its fd, so an unlinked but open
+    /// file shows nlink 0.
+    pub(crate) fn attr_of(&self, node: &Node, fh: Option<FileHandle>) -> Result<parallaxfs_overlay::Attr, Error> {
+        let mut attr = self.stack.attr(node)?;
+        if let Some(file) = fh.and_then(|fh| self.files.get(fh.0)) {
+            if let Some(f) = file.upper() {
+                let st = nix::sys::stat::fstat(f.as_fd())?;
+                attr.nlink = u32::try_from(st.st_nlink).unwrap_or(u32::MAX);
+                attr.size = u64::try_from(st.st_size).unwrap_or(0);
+                attr.blocks = u64::try_from(st.st_blocks).unwrap_or(0);
+            }
+        }
+        Ok(attr)
+    }
+
+    /// Opens node `ino`; `write` copies it up first.
+    pub(crate) fn open_file(&self, ino: INodeNo, write: bool, truncate: bool) -> Result<OpenFile, Error> {
+        if write {
+            if !self.stack.writable() {
+                return Err(Error::ReadOnly);
+            }
+            let chain = self.chain(ino)?;
+            return Ok(OpenFile::Upper(self.stack.open_write(&chain, truncate)?));
+        }
+        let node = self.node(ino)?;
+        if node.in_upper() {
+            return Ok(OpenFile::Upper(self.stack.open_upper(&node, false)?));
+        }
+        Ok(OpenFile::Lower(self.stack.open(&node)?))
+    }
+
+    pub(crate) fn set_attr(&self, ino: INodeNo, set: &SetAttr, fh: Option<FileHandle>) -> Result<FileAttr, Error> {
+        let chain = self.chain(ino)?;
+        let file = fh.and_then(|fh| self.files.get(fh.0));
+        let upper_file = file.as_deref().and_then(OpenFile::upper);
+        let attr = self.stack.set_attr(&chain, set, upper_file)?;
+        let mut fa = file_attr(&attr);
+        fa.ino = INodeNo(self.nodes.id_of(&chain[chain.len() - 1].1));
+        Ok(fa)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn reply_new(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        umask: u32,
+        what: NewObject<'_>,
+        reply: ReplyEntry,
+    ) {
+        let made = self.chain(parent).and_then(|chain| {
+            let (node, _) = self.stack.create(&chain, name.as_bytes(), mode, what, Self::caller(req, umask))?;
+            let attr = file_attr(&self.stack.attr(&node)?);
+            self.nodes.remember(&node, parent.0, name.as_bytes());
+            Ok(attr)
+        });
+        match made {
+            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(fail("create", &e)),
+        }
+    }
+
+    pub(crate) fn create_file(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> Result<(FileAttr, u64), Error> {
+        let chain = self.chain(parent)?;
+        let (node, file) = self.stack.create(&chain, name, mode, NewObject::File, Self::caller(req, umask))?;
+        let file = match file {
+            Some(f) => f,
+            None => self.stack.open_upper(&node, false)?,
+        };
+        let attr = file_attr(&self.stack.attr(&node)?);
+        self.nodes.remember(&node, parent.0, name);
+        Ok((attr, self.files.insert(OpenFile::Upper(file))))
+    }
+
+    pub(crate) fn remove(&self, parent: INodeNo, name: &[u8], is_dir: bool) -> Result<(), Error> {
+        let chain = self.chain(parent)?;
+        self.stack.remove(&chain, name, is_dir)
+    }
+
+    pub(crate) fn rename_entry(
+        &self,
+        parent: INodeNo,
+        name: &[u8],
+        new_parent: INodeNo,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), Error> {
+        let from = self.chain(parent)?;
+        let to = self.chain(new_parent)?;
+        let moved = self.stack.lookup(&from[from.len() - 1].1, name).ok();
+        let swapped = self.stack.lookup(&to[to.len() - 1].1, new_name).ok();
+        self.stack.rename(&from, name, &to, new_name, flags)?;
+        // The node ids keep their numbers; what they stand for now lives elsewhere.
+        let (from, to) = (self.chain(parent)?, self.chain(new_parent)?);
+        if let Some(m) = moved {
+            if let Ok(n) = self.stack.lookup(&to[to.len() - 1].1, new_name) {
+                self.nodes.replace(m.ino, n, new_parent.0, new_name);
+            }
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            if let Some(s) = swapped {
+                if let Ok(n) = self.stack.lookup(&from[from.len() - 1].1, name) {
+                    self.nodes.replace(s.ino, n, parent.0, name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn link_entry(&self, ino: INodeNo, new_parent: INodeNo, new_name: &[u8]) -> Result<FileAttr, Error> {
+        let source = self.chain(ino)?;
+        let dir = self.chain(new_parent)?;
+        let node = self.stack.link(&source, &dir, new_name)?;
+        let attr = file_attr(&self.stack.attr(&node)?);
+        self.nodes.remember(&node, new_parent.0, new_name);
+        Ok(attr)
+    }
+
+    fn upper_file(&self, fh: FileHandle) -> Result<std::sync::Arc<OpenFile>, Error> {
+        let file = self.files.get(fh.0).ok_or_else(|| errno(nix::errno::Errno::EBADF))?;
+        if file.upper().is_none() {
+            return Err(errno(nix::errno::Errno::EBADF));
+        }
+        Ok(file)
+    }
+
+    pub(crate) fn write_at(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32, Error> {
+        let file = self.upper_file(fh)?;
+        let f = file.upper().ok_or_else(|| errno(nix::errno::Errno::EBADF))?;
+        f.write_all_at(data, offset)?;
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
+    pub(crate) fn allocate(&self, fh: FileHandle, offset: u64, length: u64, mode: i32) -> Result<(), Error> {
+        let file = self.upper_file(fh)?;
+        let f = file.upper().ok_or_else(|| errno(nix::errno::Errno::EBADF))?;
+        let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
+        let (off, len) = (
+            i64::try_from(offset).map_err(|_| errno(nix::errno::Errno::EFBIG))?,
+            i64::try_from(length).map_err(|_| errno(nix::errno::Errno::EFBIG))?,
+        );
+        nix::fcntl::fallocate(f.as_fd(), flags, off, len)?;
+        Ok(())
+    }
+
+    pub(crate) fn copy_range(
+        &self,
+        fh_in: FileHandle,
+        offset_in: u64,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32, Error> {
+        let input = self.files.get(fh_in.0).ok_or_else(|| errno(nix::errno::Errno::EBADF))?;
+        let output = self.upper_file(fh_out)?;
+        let out = output.upper().ok_or_else(|| errno(nix::errno::Errno::EBADF))?;
+        let len = usize::try_from(len.min(1 << 30)).unwrap_or(1 << 30);
+        if let Some(inp) = input.upper() {
+            let (mut oi, mut oo) = (offset_in as i64, offset_out as i64);
+            let n = nix::fcntl::copy_file_range(inp.as_fd(), Some(&mut oi), out.as_fd(), Some(&mut oo), len)?;
+            return Ok(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+        let mut buf = vec![0u8; len.min(1 << 20)];
+        let n = input.read_at(offset_in, &mut buf)?;
+        out.write_all_at(&buf[..n], offset_out)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    pub(crate) fn sync(&self, fh: FileHandle, datasync: bool) -> Result<(), Error> {
+        match self.files.get(fh.0) {
+            Some(file) => match file.upper() {
+                Some(f) => self.stack.sync_file(f, datasync),
+                None => Ok(()),
+            },
+            None => Err(errno(nix::errno::Errno::EBADF)),
+        }
+    }
+}
