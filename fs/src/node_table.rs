@@ -61,8 +61,11 @@ impl NodeTable {
         }
         match self.nodes.entry(node.ino) {
             Entry::Occupied(mut o) => {
+                // The newest lookup wins: the number may have been reused by a new upper
+                // object before the kernel's FORGET of the old one arrived.
                 let slot = o.get_mut();
                 slot.lookups += 1;
+                slot.node = node.clone();
                 if slot.parent != parent || *slot.name != *name {
                     slot.parent = parent;
                     slot.name = name.into();
@@ -81,6 +84,36 @@ impl NodeTable {
             slot.parent = parent;
             slot.name = name.into();
         }
+    }
+
+    /// Node ids below directory `id` (at any depth), parents before children.
+    pub fn descendants(&self, id: u64) -> Vec<u64> {
+        let mut found: Vec<(usize, u64)> = Vec::new();
+        for slot in self.nodes.iter() {
+            let mut depth = 0;
+            let mut cur = slot.parent;
+            while cur != ROOT_ID && cur != self.root.ino && depth < 1 << 16 {
+                depth += 1;
+                if cur == id {
+                    found.push((depth, *slot.key()));
+                    break;
+                }
+                match self.nodes.get(&cur) {
+                    Some(p) => cur = p.parent,
+                    None => break,
+                }
+            }
+        }
+        // Deeper ancestors of a node mean more depth below `id` too: sort by distance to it.
+        found.sort_unstable();
+        let mut ids: Vec<u64> = found.into_iter().map(|(_, i)| i).collect();
+        ids.sort_by_key(|i| self.chain(*i).map_or(0, |c| c.len()));
+        ids
+    }
+
+    /// Where node `id` was last reached: (parent id, name).
+    pub fn name_of(&self, id: u64) -> Option<(u64, Box<[u8]>)> {
+        self.nodes.get(&id).map(|s| (s.parent, s.name.clone()))
     }
 
     /// The names from the root down to node `id`: `[("", root), (name, node)...]`.

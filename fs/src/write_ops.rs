@@ -128,6 +128,9 @@ impl OverlayFs {
             if let Ok(n) = self.stack.lookup(&to[to.len() - 1].1, new_name) {
                 self.nodes.replace(m.ino, n, new_parent.0, new_name);
             }
+            if m.kind == parallaxfs_overlay::FileKind::Dir {
+                self.refresh_below(m.ino);
+            }
         }
         if flags & libc::RENAME_EXCHANGE != 0 {
             if let Some(s) = swapped {
@@ -137,6 +140,18 @@ impl OverlayFs {
             }
         }
         Ok(())
+    }
+
+    /// Re-resolves every known node below a moved directory: a lower directory moves by copy,
+    /// so what its children stood for now lives in the copy.
+    fn refresh_below(&self, dir: u64) {
+        for id in self.nodes.descendants(dir) {
+            let Some((parent, name)) = self.nodes.name_of(id) else { continue };
+            let Some(pnode) = self.nodes.get(parent) else { continue };
+            if let Ok(n) = self.stack.lookup(&pnode, &name) {
+                self.nodes.replace(id, n, parent, &name);
+            }
+        }
     }
 
     pub(crate) fn link_entry(&self, ino: INodeNo, new_parent: INodeNo, new_name: &[u8]) -> Result<FileAttr, Error> {

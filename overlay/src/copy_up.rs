@@ -5,11 +5,13 @@
 //! copy-up never changes a visible directory. The copy keeps the object's `st_ino` for the
 //! session.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
@@ -27,6 +29,9 @@ use crate::whiteout::{is_private_xattr, DirMark};
 /// is named in the one before; the last is the object an operation is about.
 pub type Chain = [(Box<[u8]>, Node)];
 
+/// First copies of multiply-linked objects during a tree copy: (layer, ino) → (dir, name).
+type Links = HashMap<(usize, u64), (Arc<OwnedFd>, CString)>;
+
 /// Copy-up data chunk (the kernel's `OVL_COPY_UP_CHUNK_SIZE`).
 const CHUNK: usize = 1 << 20;
 
@@ -39,6 +44,91 @@ pub(crate) fn upper_at(handle: &Handle) -> Result<(&OwnedFd, &[u8])> {
     match handle {
         Handle::Plain(p) => Ok((p.parent_fd(), p.name())),
         Handle::Squash(_) => Err(Errno::EINVAL.into()),
+    }
+}
+
+/// How an upper object is reached: by its own `O_PATH` fd where the layer pinned one (every
+/// non-directory of the upper: it reaches the inode whatever became of the name it was found
+/// under — hard links, renames), else by parent fd and name.
+pub(crate) struct UpperRef<'a> {
+    own: Option<&'a OwnedFd>,
+    symlink: bool,
+    dir: &'a OwnedFd,
+    name: &'a [u8],
+}
+
+impl UpperRef<'_> {
+    pub(crate) fn of(handle: &Handle, kind: FileKind) -> Result<UpperRef<'_>> {
+        match handle {
+            Handle::Plain(p) => Ok(UpperRef {
+                own: p.own_fd().map(|f| &**f),
+                symlink: kind == FileKind::Symlink,
+                dir: p.parent_fd(),
+                name: p.name(),
+            }),
+            Handle::Squash(_) => Err(Errno::EINVAL.into()),
+        }
+    }
+
+    /// The own fd, where a path through `/proc/self/fd` may be followed to the object (not
+    /// for symlinks: following would reach their target).
+    fn followable(&self) -> Option<&OwnedFd> {
+        self.own.filter(|_| !self.symlink)
+    }
+
+    /// A path reaching the object that may be followed (never a symlink's target).
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        match self.followable() {
+            Some(fd) => crate::upper::proc_fd(fd.as_fd()),
+            None => crate::upper::proc_fd(self.dir.as_fd()).join(OsStr::from_bytes(self.name)),
+        }
+    }
+
+    pub(crate) fn chown(&self, uid: Option<Uid>, gid: Option<Gid>) -> Result<()> {
+        match self.own {
+            Some(fd) => fchownat(fd, "", uid, gid, AtFlags::AT_EMPTY_PATH)?,
+            None => fchownat(self.dir, OsStr::from_bytes(self.name), uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)?,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_times(&self, atime: &TimeSpec, mtime: &TimeSpec) -> Result<()> {
+        match self.followable() {
+            Some(fd) => utimensat(
+                nix::fcntl::AT_FDCWD,
+                &crate::upper::proc_fd(fd.as_fd()),
+                atime,
+                mtime,
+                UtimensatFlags::FollowSymlink,
+            )?,
+            None => utimensat(self.dir, OsStr::from_bytes(self.name), atime, mtime, UtimensatFlags::NoFollowSymlink)?,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn open(&self, flags: OFlag) -> Result<File> {
+        let fd = match self.followable() {
+            Some(fd) => nix::fcntl::open(&crate::upper::proc_fd(fd.as_fd()), flags, Mode::empty())?,
+            None => openat(self.dir, OsStr::from_bytes(self.name), flags | OFlag::O_NOFOLLOW, Mode::empty())?,
+        };
+        Ok(File::from(fd))
+    }
+
+    /// A new hard link `dir/name` to the object.
+    pub(crate) fn link_to(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<()> {
+        if let Some(fd) = self.followable() {
+            let from = crate::upper::proc_fd(fd.as_fd());
+            nix::unistd::linkat(nix::fcntl::AT_FDCWD, &from, dir, name, AtFlags::AT_SYMLINK_FOLLOW)?;
+            return Ok(());
+        }
+        if let Some(fd) = self.own {
+            // A symlink: AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the name is the fallback.
+            if nix::unistd::linkat(fd, "", dir, name, AtFlags::AT_EMPTY_PATH).is_ok() {
+                return Ok(());
+            }
+        }
+        nix::unistd::linkat(self.dir, OsStr::from_bytes(self.name), dir, name, AtFlags::empty())?;
+        Ok(())
     }
 }
 
@@ -84,7 +174,9 @@ impl<'a> KeepTimes<'a> {
 
     pub(crate) fn restore(self) {
         if let Some((a, m)) = self.times {
-            let _ = nix::sys::stat::futimens(self.dir, &a, &m);
+            // The fd may be O_PATH (futimens refuses those): go through /proc.
+            let path = crate::upper::proc_fd(self.dir);
+            let _ = utimensat(nix::fcntl::AT_FDCWD, &path, &a, &m, UtimensatFlags::FollowSymlink);
         }
     }
 }
@@ -174,7 +266,7 @@ impl Stack {
         keep.restore();
         let up = upper.layer.lookup(&parent.handle, name)?.ok_or(Error::NotFound)?;
         let upper_ino = upper.layer.attr(&up)?.ino;
-        self.copied.insert(upper_ino, node.ino);
+        upper.numbers.insert(upper_ino, node.ino);
         let _ = node.upper.set(LayerDir { layer: UPPER, handle: up, mark: DirMark::Transparent });
         Ok(())
     }
@@ -250,6 +342,12 @@ impl Stack {
     /// Copies a whole merged directory tree as `dir/name` (the subtree-copy rename of a lower
     /// directory). The top directory is made opaque; objects keep their numbers.
     pub(crate) fn copy_tree(&self, node: &Node, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        self.copy_tree_linked(node, dir, name, &mut HashMap::new())
+    }
+
+    /// `copy_tree`, with the copies made so far of objects with several names (hard links
+    /// inside the tree stay hard links).
+    fn copy_tree_linked(&self, node: &Node, dir: BorrowedFd<'_>, name: &[u8], links: &mut Links) -> Result<()> {
         let upper = self.upper()?;
         let attr = self.attr_raw(node)?;
         let n = OsStr::from_bytes(name);
@@ -257,24 +355,41 @@ impl Stack {
         let (layer, handle) = self.provider(node);
         set_owner_mode(dir, name, &attr)?;
         self.copy_xattrs(layer, &handle, dir, name)?;
-        let sub =
-            openat(dir, n, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let sub = Arc::new(openat(dir, n, flags, Mode::empty())?);
         if !node.lowers().is_empty() {
             upper.set_opaque(sub.as_fd())?;
         }
         for item in self.read_dir(node)? {
             let child = self.lookup(node, &item.name)?;
             if child.kind == FileKind::Dir {
-                self.copy_tree(&child, sub.as_fd(), &item.name)?;
+                self.copy_tree_linked(&child, sub.as_fd(), &item.name, links)?;
                 // Nested copies need no opaque marker of their own: their parent is opaque.
                 continue;
             }
             let (layer, handle) = self.provider(&child);
             let tmp = CString::new(item.name.to_vec()).map_err(|_| Error::from(Errno::EINVAL))?;
+            if layer == UPPER {
+                // Already an upper object: a new name for the same inode keeps its identity,
+                // its other hard links and its number, and copies nothing.
+                UpperRef::of(&handle, child.kind)?.link_to(sub.as_fd(), tmp.as_c_str())?;
+                continue;
+            }
+            let a = self.layer(layer).attr(&handle)?;
+            if a.nlink > 1 {
+                if let Some((first_dir, first_name)) = links.get(&(layer, a.ino)) {
+                    let (fd, fname) = (first_dir.clone(), first_name.clone());
+                    nix::unistd::linkat(&*fd, fname.as_c_str(), &*sub, tmp.as_c_str(), AtFlags::empty())?;
+                    continue;
+                }
+                links.insert((layer, a.ino), (sub.clone(), tmp.clone()));
+            }
             self.build_copy(layer, &handle, sub.as_fd(), &tmp, true)?;
             let ino = nix::sys::stat::fstatat(&sub, tmp.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?.st_ino;
-            self.copied.insert(ino, child.ino);
+            upper.numbers.insert(ino, child.ino);
         }
+        // The copy keeps the directory's number for the session, as copied files do.
+        upper.numbers.insert(nix::sys::stat::fstat(&*sub)?.st_ino, node.ino);
         set_times(dir, name, &attr)
     }
 

@@ -5,8 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use dashmap::DashMap;
-
 use crate::attr::{Attr, FileKind};
 use crate::error::{Error, Result};
 use crate::idmap::{parse_override, Identity};
@@ -102,8 +100,6 @@ pub struct Stack {
     pub(crate) upper: Option<Upper>,
     numbers: InodeNumbers,
     pub(crate) options: StackOptions,
-    /// Upper inode → the number its object had before copy-up (this session).
-    pub(crate) copied: DashMap<u64, u64>,
     /// Striped locks serializing copy-ups of one object.
     pub(crate) copy_locks: Box<[std::sync::Mutex<()>]>,
 }
@@ -120,7 +116,7 @@ impl Stack {
             return Err(Error::BadLayer { path: String::new(), reason: "no lower layer given".into() });
         }
         let copy_locks = (0..64).map(|_| std::sync::Mutex::new(())).collect();
-        Ok(Stack { lowers, upper: None, numbers: InodeNumbers::default(), options, copied: DashMap::new(), copy_locks })
+        Ok(Stack { lowers, upper: None, numbers: InodeNumbers::default(), options, copy_locks })
     }
 
     /// Adds a writable upper layer: the union becomes copy-on-write.
@@ -159,8 +155,8 @@ impl Stack {
     pub(crate) fn number(&self, layer: usize, handle: &Handle) -> Result<u64> {
         let ino = self.layer(layer).attr(handle)?.ino;
         if layer == UPPER {
-            if let Some(n) = self.copied.get(&ino) {
-                return Ok(*n);
+            if let Some(n) = self.upper.as_ref().and_then(|u| u.numbers.get(&ino).map(|n| *n)) {
+                return Ok(n);
             }
             // Upper number 1 would be the FUSE root id: give it an overflow number.
             return Ok(self.numbers.compose(0, if ino == 1 { u64::MAX } else { ino }));

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{fstat, fstatat, mknodat, Mode, SFlag};
@@ -42,6 +43,9 @@ pub struct Upper {
     format: WhiteoutFormat,
     volatile: bool,
     counter: AtomicU64,
+    /// Upper inode → the union number its object had before a copy-up in this session.
+    /// Entries go when the daemon deletes the inode: the filesystem reuses numbers.
+    pub(crate) numbers: DashMap<u64, u64>,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -56,7 +60,7 @@ impl Upper {
     /// Opens `upper` and `workdir` (same filesystem), clears leftovers of an earlier mount in
     /// `WORKDIR/work` and probes the whiteout format.
     pub fn open(upper: &Path, workdir: &Path, volatile: bool) -> Result<Upper> {
-        let layer = PlainLayer::open(upper)?;
+        let layer = PlainLayer::open(upper)?.pinning_leaves();
         let root = layer.root_fd();
         let wd = nix::fcntl::open(workdir, dir_flags(), Mode::empty()).map_err(|e| bad(workdir, e.desc()))?;
         let (ust, wst) = (fstat(&*root)?, fstat(&wd)?);
@@ -69,9 +73,16 @@ impl Upper {
         }
         let work = openat(&wd, "work", dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
             .map_err(|e| bad(workdir, format!("work directory: {}", e.desc())))?;
-        remove_children(work.as_fd()).map_err(|e| bad(workdir, format!("cannot clean work directory: {e}")))?;
-        let mut up =
-            Upper { layer, root, work, format: WhiteoutFormat::AufsFile, volatile, counter: AtomicU64::new(0) };
+        let mut up = Upper {
+            layer,
+            root,
+            work,
+            format: WhiteoutFormat::AufsFile,
+            volatile,
+            counter: AtomicU64::new(0),
+            numbers: DashMap::new(),
+        };
+        up.remove_children(up.work.as_fd()).map_err(|e| bad(workdir, format!("cannot clean work directory: {e}")))?;
         up.format = up.probe_whiteout();
         Ok(up)
     }
@@ -213,7 +224,9 @@ impl Upper {
 
     /// Marks a directory opaque.
     pub fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
-        let path = proc_fd(dir);
+        // `/proc/self/fd/N/.`: the directory itself (the xattr calls never follow the last
+        // component, and `/proc/self/fd/N` alone is the magic link).
+        let path = proc_fd(dir).join(".");
         for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
             match xattr::set(&path, name, b"y") {
                 Ok(()) => return Ok(()),
@@ -226,7 +239,45 @@ impl Upper {
 
     /// Deletes `work/tmp` and everything below it.
     pub fn remove_tree_in_work(&self, tmp: &CString) -> Result<()> {
-        remove_entry(self.work.as_fd(), tmp.as_bytes())
+        self.remove_entry(self.work.as_fd(), tmp.as_bytes())
+    }
+
+    /// Forgets the session number of `dir/name` if deleting that name deletes the inode.
+    pub(crate) fn forget(&self, dir: BorrowedFd<'_>, name: &[u8]) {
+        if self.numbers.is_empty() {
+            return;
+        }
+        if let Ok(st) = fstatat(dir, OsStr::from_bytes(name), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            if st.st_nlink <= 1 || st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                self.numbers.remove(&st.st_ino);
+            }
+        }
+    }
+
+    /// Removes `name` from `dir`, recursively if it is a directory (one component at a time).
+    pub fn remove_entry(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        let n = OsStr::from_bytes(name);
+        self.forget(dir, name);
+        match unlinkat(dir, n, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EISDIR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let sub = openat(dir, n, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())?;
+        self.remove_children(sub.as_fd())?;
+        drop(sub);
+        match unlinkat(dir, n, UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every entry of the directory `dir`.
+    pub fn remove_children(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        for name in entry_names(dir)? {
+            self.remove_entry(dir, &name)?;
+        }
+        Ok(())
     }
 
     /// Flushes `fd` unless the mount is volatile.
@@ -257,31 +308,6 @@ fn aufs_name(name: &[u8]) -> Option<std::ffi::OsString> {
 /// True for a char device 0/0.
 pub fn is_char_whiteout(st: &nix::sys::stat::FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
-}
-
-/// Removes `name` from `dir`, recursively if it is a directory (one component at a time).
-pub fn remove_entry(dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
-    let n = OsStr::from_bytes(name);
-    match unlinkat(dir, n, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
-        Err(Errno::EISDIR) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let sub = openat(dir, n, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())?;
-    remove_children(sub.as_fd())?;
-    drop(sub);
-    match unlinkat(dir, n, UnlinkatFlags::RemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Removes every entry of the directory `dir`.
-pub fn remove_children(dir: BorrowedFd<'_>) -> Result<()> {
-    for name in entry_names(dir)? {
-        remove_entry(dir, &name)?;
-    }
-    Ok(())
 }
 
 /// Names in directory `dir`, without `.` and `..`.

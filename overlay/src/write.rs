@@ -10,15 +10,15 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
-use nix::sys::stat::{fstat, fstatat, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{fstat, fstatat, mkdirat, mknodat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{fchownat, linkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use nix::unistd::{unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::attr::{Attr, FileKind};
-use crate::copy_up::{set_owner_mode, upper_at, upper_dir_fd, Chain, KeepTimes};
+use crate::copy_up::{set_owner_mode, upper_at, upper_dir_fd, Chain, KeepTimes, UpperRef};
 use crate::error::{Error, Result};
 use crate::stack::{Node, Stack};
-use crate::upper::{is_char_whiteout, remove_children, WhiteoutFormat};
+use crate::upper::{is_char_whiteout, WhiteoutFormat};
 use crate::whiteout::{is_hidden_name, is_private_xattr};
 use crate::NAME_MAX;
 
@@ -189,9 +189,8 @@ impl Stack {
         let upper = self.upper()?;
         let pdir = self.upper_dir(dir)?;
         let src = node.upper.get().ok_or(Error::NotFound)?;
-        let (sfd, sname) = upper_at(&src.handle)?;
         let tmp = upper.temp_name();
-        linkat(sfd, OsStr::from_bytes(sname), upper.work_fd(), tmp.as_c_str(), AtFlags::empty())?;
+        UpperRef::of(&src.handle, node.kind)?.link_to(upper.work_fd(), tmp.as_c_str())?;
         if let Err(e) = upper.place(&tmp, upper_dir_fd(&pdir)?.as_fd(), name) {
             let _ = upper.remove_tree_in_work(&tmp);
             return Err(e);
@@ -224,9 +223,11 @@ impl Stack {
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
-            remove_children(sub.as_fd())?;
+            upper.remove_children(sub.as_fd())?;
+            upper.forget(pfd.as_fd(), name);
             unlinkat(pfd, OsStr::from_bytes(name), UnlinkatFlags::RemoveDir)?;
         } else {
+            upper.forget(pfd.as_fd(), name);
             unlinkat(pfd, OsStr::from_bytes(name), UnlinkatFlags::NoRemoveDir)?;
         }
         Ok(())
@@ -309,6 +310,7 @@ impl Stack {
         // Char mode, non-directory: the rename leaves the whiteout atomically.
         let atomic = src_below && char_mode && src.kind != FileKind::Dir;
         let rflags = if atomic { RenameFlags::RENAME_WHITEOUT } else { RenameFlags::empty() };
+        upper.forget(dfd.as_fd(), new_name);
         renameat2(&sfd, OsStr::from_bytes(name), &dfd, dst_name, rflags)?;
         if src_below && char_mode && !atomic {
             upper.whiteout(sfd.as_fd(), name)?;
@@ -337,7 +339,9 @@ impl Stack {
                     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 )?;
-                remove_children(sub.as_fd())?;
+                let upper = self.upper()?;
+                upper.remove_children(sub.as_fd())?;
+                upper.forget(dir, name);
                 unlinkat(dir, n, UnlinkatFlags::RemoveDir)?;
             }
             Ok(st) if is_char_whiteout(&st) => unlinkat(dir, n, UnlinkatFlags::NoRemoveDir)?,
@@ -354,7 +358,7 @@ impl Stack {
         if below {
             return upper.whiteout(pfd.as_fd(), name);
         }
-        crate::upper::remove_entry(pfd.as_fd(), name)
+        upper.remove_entry(pfd.as_fd(), name)
     }
 
     /// Changes attributes of the last node of `chain` (copying it up) and returns the new ones.
@@ -362,34 +366,26 @@ impl Stack {
         let (_, node) = chain.last().ok_or(Error::NotFound)?;
         self.copy_up(chain, set.size != Some(0))?;
         let up = node.upper.get().ok_or(Error::NotFound)?;
-        let (pfd, name) = upper_at(&up.handle)?;
-        let n = OsStr::from_bytes(name);
-        let root_dir = name == b".";
+        let obj = UpperRef::of(&up.handle, node.kind)?;
         if set.uid.is_some() || set.gid.is_some() {
             let uid = set.uid.map(|u| Uid::from_raw(self.disk_uid(u)));
             let gid = set.gid.map(|g| Gid::from_raw(self.disk_gid(g)));
-            fchownat(pfd, n, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            obj.chown(uid, gid)?;
         }
         if let Some(mode) = set.mode {
             if node.kind != FileKind::Symlink {
-                let path = if root_dir { crate::upper::proc_fd(pfd.as_fd()) } else { proc_child(pfd.as_fd(), name) };
-                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
+                std::fs::set_permissions(obj.path(), std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
             }
         }
         if let Some(size) = set.size {
             match fh {
                 Some(f) => f.set_len(size)?,
-                None => {
-                    let fd = openat(pfd, n, OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
-                    File::from(fd).set_len(size)?;
-                }
+                None => obj.open(OFlag::O_WRONLY | OFlag::O_CLOEXEC)?.set_len(size)?,
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let omit = TimeSpec::new(0, libc::UTIME_OMIT);
-            let a = set.atime.map_or(omit, now_or);
-            let m = set.mtime.map_or(omit, now_or);
-            utimensat(pfd, n, &a, &m, UtimensatFlags::NoFollowSymlink)?;
+            obj.set_times(&set.atime.map_or(omit, now_or), &set.mtime.map_or(omit, now_or))?;
         }
         self.attr(node)
     }
@@ -438,7 +434,8 @@ impl Stack {
         let (_, node) = chain.last().ok_or(Error::NotFound)?;
         let up = node.upper.get().ok_or(Error::NotFound)?;
         let (pfd, name) = upper_at(&up.handle)?;
-        Ok(if name == b"." { crate::upper::proc_fd(pfd.as_fd()) } else { proc_child(pfd.as_fd(), name) })
+        // xattr calls never follow the last component: reach the object by its name.
+        Ok(proc_child(pfd.as_fd(), name))
     }
 
     /// Opens the last node of `chain` for writing (`truncate`: O_TRUNC), copying it up.
@@ -454,12 +451,11 @@ impl Stack {
     /// Opens the upper copy of `node` read-write (and truncates it with `truncate`).
     pub fn open_upper(&self, node: &Node, truncate: bool) -> Result<File> {
         let up = node.upper.get().ok_or(Error::NotFound)?;
-        let (pfd, name) = upper_at(&up.handle)?;
-        let mut flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut flags = OFlag::O_RDWR | OFlag::O_CLOEXEC;
         if truncate {
             flags |= OFlag::O_TRUNC;
         }
-        Ok(File::from(openat(pfd, OsStr::from_bytes(name), flags, Mode::empty())?))
+        UpperRef::of(&up.handle, node.kind)?.open(flags)
     }
 
     /// Flushes an upper file unless the mount is volatile.

@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct PlainHandle {
     dir_fd: Option<Arc<OwnedFd>>,
+    /// `O_PATH` fd of a non-directory object of a writable layer: it keeps
+    /// reaching the inode whatever happens to the name (hard links, renames, unlink).
+    own_fd: Option<Arc<OwnedFd>>,
     parent: Arc<OwnedFd>,
     name: Box<[u8]>,
 }
@@ -39,6 +42,11 @@ impl PlainHandle {
         &self.parent
     }
 
+    /// The object's own `O_PATH` fd (writable layers; not for directories).
+    pub(crate) fn own_fd(&self) -> Option<&Arc<OwnedFd>> {
+        self.own_fd.as_ref()
+    }
+
     /// The object's name in its parent.
     pub(crate) fn name(&self) -> &[u8] {
         &self.name
@@ -50,6 +58,7 @@ impl PlainHandle {
 pub struct PlainLayer {
     root: Arc<OwnedFd>,
     path: PathBuf,
+    pin_leaves: bool,
 }
 
 fn path_flags() -> OFlag {
@@ -62,7 +71,13 @@ impl PlainLayer {
     pub fn open(path: &Path) -> Result<PlainLayer> {
         let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| Error::BadLayer { path: path.display().to_string(), reason: e.desc().to_string() })?;
-        Ok(PlainLayer { root: Arc::new(fd), path: path.to_path_buf() })
+        Ok(PlainLayer { root: Arc::new(fd), path: path.to_path_buf(), pin_leaves: false })
+    }
+
+    /// The layer as an upper: handles of non-directories hold an fd of their own.
+    pub(crate) fn pinning_leaves(mut self) -> PlainLayer {
+        self.pin_leaves = true;
+        self
     }
 
     /// The root directory's `O_PATH` fd.
@@ -87,9 +102,9 @@ impl PlainLayer {
     }
 
     fn stat(&self, h: &PlainHandle) -> Result<FileStat> {
-        Ok(match &h.dir_fd {
-            Some(fd) => fstat(fd)?,
-            None => fstatat(&h.parent, OsStr::from_bytes(&h.name), AtFlags::AT_SYMLINK_NOFOLLOW)?,
+        Ok(match (&h.dir_fd, &h.own_fd) {
+            (Some(fd), _) | (None, Some(fd)) => fstat(fd)?,
+            (None, None) => fstatat(&h.parent, OsStr::from_bytes(&h.name), AtFlags::AT_SYMLINK_NOFOLLOW)?,
         })
     }
 
@@ -149,6 +164,7 @@ impl Layer for PlainLayer {
     fn root(&self) -> Result<Handle> {
         Ok(Handle::Plain(PlainHandle {
             dir_fd: Some(self.root.clone()),
+            own_fd: None,
             parent: self.root.clone(),
             name: Box::new(*b"."),
         }))
@@ -161,12 +177,19 @@ impl Layer for PlainLayer {
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let fd = if kind_of(st.st_mode)? == FileKind::Dir {
+        let kind = kind_of(st.st_mode)?;
+        let fd = if kind == FileKind::Dir {
             Some(Arc::new(openat(dir_fd, OsStr::from_bytes(name), path_flags(), Mode::empty())?))
         } else {
             None
         };
-        Ok(Some(Handle::Plain(PlainHandle { dir_fd: fd, parent: dir_fd.clone(), name: name.into() })))
+        let own_fd = if self.pin_leaves && kind != FileKind::Dir {
+            let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            Some(Arc::new(openat(dir_fd, OsStr::from_bytes(name), flags, Mode::empty())?))
+        } else {
+            None
+        };
+        Ok(Some(Handle::Plain(PlainHandle { dir_fd: fd, own_fd, parent: dir_fd.clone(), name: name.into() })))
     }
 
     fn attr(&self, object: &Handle) -> Result<Attr> {
@@ -209,6 +232,9 @@ impl Layer for PlainLayer {
 
     fn read_link(&self, object: &Handle) -> Result<Vec<u8>> {
         let h = self.plain(object)?;
+        if let Some(fd) = &h.own_fd {
+            return Ok(readlinkat(fd, "")?.into_vec());
+        }
         Ok(readlinkat(&h.parent, OsStr::from_bytes(&h.name))?.into_vec())
     }
 
@@ -232,6 +258,11 @@ impl Layer for PlainLayer {
 
     fn open(&self, object: &Handle) -> Result<Box<dyn FileReader>> {
         let h = self.plain(object)?;
+        if let Some(fd) = &h.own_fd {
+            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            let fd = nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+            return Ok(Box::new(PlainFile(File::from(fd))));
+        }
         let fd = openat(
             &h.parent,
             OsStr::from_bytes(&h.name),
