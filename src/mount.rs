@@ -144,8 +144,13 @@ fn mount_options(req: &MountRequest) -> MountOptions {
 /// Mounts, reports readiness, serves until the mount goes away.
 fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
     check_mountpoint(&req.mountpoint)?;
+    raise_fd_limit();
     let stack = build_stack(req)?;
     let mut fs = OverlayFs::new(stack).map_err(|e| anyhow!("{e}"))?;
+    // When the session ends the mount is already gone (a signal, umount, fusermount3 -u):
+    // exit before fuser unmounts the mountpoint *path* once more, which would take down a
+    // newer mount at the same place (a container restarted on the same merged dir).
+    fs.on_destroy(|| std::process::exit(0));
     if let Some(ttl) = req.timeout {
         fs.set_ttl(ttl);
     }
@@ -162,6 +167,16 @@ fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
     }
     session.run().context("serving the mount")?;
     Ok(())
+}
+
+/// Every upper file the kernel knows holds an `O_PATH` fd: allow as many as the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// Unmount lazily on SIGTERM, SIGINT or SIGHUP; the session then ends and we exit 0.

@@ -14,7 +14,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 use parallaxfs_overlay::NewObject;
-use parallaxfs_overlay::{Error, Node, SetAttr, Stack};
+use parallaxfs_overlay::{ChainBuf, Error, Node, SetAttr, Stack};
 
 use crate::attr::{file_attr, file_type, negative, IMMUTABLE_TTL};
 use crate::errno::{errno, is_fault};
@@ -34,6 +34,7 @@ pub struct OverlayFs {
     dirs: Handles<DirHandle>,
     page_store: PageStore,
     pub(crate) ttl: std::time::Duration,
+    on_destroy: Option<fn()>,
 }
 
 thread_local! {
@@ -61,7 +62,15 @@ impl OverlayFs {
             dirs: Handles::default(),
             page_store,
             ttl: IMMUTABLE_TTL,
+            on_destroy: None,
         })
+    }
+
+    /// Runs `hook` when the session ends (after the mount is gone, before fuser would
+    /// unmount the mountpoint path again — which could hit a newer mount at the same place;
+    /// a daemon passes `exit`).
+    pub fn on_destroy(&mut self, hook: fn()) {
+        self.on_destroy = Some(hook);
     }
 
     /// Sets the entry/attr timeout (`timeout=` option); lower objects default to a year.
@@ -79,7 +88,7 @@ impl OverlayFs {
     }
 
     /// The chain of names from the root to node `id` (what copy-up needs).
-    pub(crate) fn chain(&self, id: INodeNo) -> Result<Vec<(Box<[u8]>, Node)>, Error> {
+    pub(crate) fn chain(&self, id: INodeNo) -> Result<ChainBuf, Error> {
         self.nodes.chain(id.0).ok_or(Error::NotFound)
     }
 
@@ -93,7 +102,8 @@ impl OverlayFs {
     fn open_dir(&self, ino: INodeNo) -> Result<u64, Error> {
         let dir = self.node(ino)?;
         let items = self.stack.read_dir(&dir)?;
-        Ok(self.dirs.insert(DirHandle { dir: dir.ino, items }))
+        let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
+        Ok(self.dirs.insert(DirHandle { dir: dir.ino, parent, items }))
     }
 
     fn read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
@@ -130,11 +140,17 @@ impl Filesystem for OverlayFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        if let Some(hook) = self.on_destroy.take() {
+            hook();
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.lookup_node(parent, name) {
             Ok((node, attr)) => {
-                self.nodes.remember(&node, parent.0, name.as_bytes());
-                reply.entry(&self.ttl, &attr, Generation(0));
+                let generation = self.nodes.remember(&node, parent.0, name.as_bytes());
+                reply.entry(&self.ttl, &attr, Generation(generation));
             }
             // Lower layers never change: cache the absence too.
             Err(Error::NotFound) => reply.entry(&self.ttl, &negative(), Generation(0)),
@@ -216,10 +232,10 @@ impl Filesystem for OverlayFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let Some(dir) = self.dirs.get(fh.0) else { return reply.error(Errno::EBADF) };
         // Offsets: 1 after ".", 2 after "..", 3 + i after item i.
-        let dots = [(b".".as_slice(), dir.dir), (b"..".as_slice(), ino.0)];
+        let dots = [(b".".as_slice(), dir.dir), (b"..".as_slice(), dir.parent)];
         for (i, (name, dino)) in dots.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*dino), i as u64 + 1, fuser::FileType::Directory, OsStr::from_bytes(name)) {
                 return reply.ok();
@@ -244,8 +260,12 @@ impl Filesystem for OverlayFs {
             Ok(a) => file_attr(&a),
             Err(e) => return reply.error(fail("readdirplus", &e)),
         };
-        for (i, name) in [b".".as_slice(), b"..".as_slice()].iter().enumerate().skip(offset as usize) {
-            if reply.add(dot_attr.ino, i as u64 + 1, OsStr::from_bytes(name), &self.ttl, &dot_attr, Generation(0)) {
+        // The kernel links neither to a dentry; their attributes only carry `d_ino`.
+        let dotdot_attr = fuser::FileAttr { ino: INodeNo(dir.parent), ..dot_attr };
+        for (i, (name, attr)) in
+            [(b".".as_slice(), &dot_attr), (b"..".as_slice(), &dotdot_attr)].iter().enumerate().skip(offset as usize)
+        {
+            if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), &self.ttl, attr, Generation(0)) {
                 return reply.ok();
             }
         }
@@ -266,7 +286,8 @@ impl Filesystem for OverlayFs {
                 }
             };
             let name = OsStr::from_bytes(&item.name);
-            if reply.add(attr.ino, i as u64 + 3, name, &self.ttl, &attr, Generation(0)) {
+            let generation = Generation(self.nodes.generation(node.ino));
+            if reply.add(attr.ino, i as u64 + 3, name, &self.ttl, &attr, generation) {
                 break;
             }
             self.nodes.remember(&node, ino.0, &item.name);
@@ -397,7 +418,7 @@ impl Filesystem for OverlayFs {
 
     fn link(&self, _req: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
         match self.link_entry(ino, new_parent, new_name.as_bytes()) {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Ok((attr, generation)) => reply.entry(&self.ttl, &attr, Generation(generation)),
             Err(e) => reply.error(fail("link", &e)),
         }
     }
@@ -455,7 +476,9 @@ impl Filesystem for OverlayFs {
     ) {
         let _ = flags;
         match self.create_file(req, parent, name.as_bytes(), mode, umask) {
-            Ok((attr, fh)) => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((attr, fh, generation)) => {
+                reply.created(&self.ttl, &attr, Generation(generation), FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(fail("create", &e)),
         }
     }

@@ -90,6 +90,8 @@ impl FileHandle {
 pub struct DirHandle {
     /// Node id of the directory.
     pub dir: u64,
+    /// `st_ino` of its parent directory (`d_ino` of `..`).
+    pub parent: u64,
     /// Entries after `.` and `..`.
     pub items: Vec<DirItem>,
 }

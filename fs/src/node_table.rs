@@ -10,7 +10,7 @@
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parallaxfs_overlay::Node;
+use parallaxfs_overlay::{ChainBuf, Node};
 
 /// FUSE's fixed node id of the root.
 pub const ROOT_ID: u64 = 1;
@@ -21,6 +21,9 @@ struct Slot {
     parent: u64,
     name: Box<[u8]>,
     lookups: u64,
+    /// FUSE generation: bumped when a new object takes a number the kernel may still hold
+    /// an inode for (upper inode numbers are reused), so the kernel drops the stale inode.
+    generation: u64,
 }
 
 /// The table of nodes the kernel knows.
@@ -55,9 +58,10 @@ impl NodeTable {
 
     /// Records one more kernel reference to `node`, reached as `name` in directory `parent`
     /// (a lookup reply, a readdirplus entry, a create).
-    pub fn remember(&self, node: &Node, parent: u64, name: &[u8]) {
+    /// Returns the generation to reply with.
+    pub fn remember(&self, node: &Node, parent: u64, name: &[u8]) -> u64 {
         if node.ino == self.root.ino {
-            return;
+            return 0;
         }
         match self.nodes.entry(node.ino) {
             Entry::Occupied(mut o) => {
@@ -70,10 +74,25 @@ impl NodeTable {
                     slot.parent = parent;
                     slot.name = name.into();
                 }
+                slot.generation
             }
             Entry::Vacant(v) => {
-                v.insert(Slot { node: node.clone(), parent, name: name.into(), lookups: 1 });
+                v.insert(Slot { node: node.clone(), parent, name: name.into(), lookups: 1, generation: 0 });
+                0
             }
+        }
+    }
+
+    /// The generation node `id` is answered with.
+    pub fn generation(&self, id: u64) -> u64 {
+        self.nodes.get(&id).map_or(0, |s| s.generation)
+    }
+
+    /// A new object now has number `id`: if the kernel may still know an older one under it,
+    /// the next replies carry a new generation.
+    pub fn renew(&self, id: u64) {
+        if let Some(mut slot) = self.nodes.get_mut(&id) {
+            slot.generation += 1;
         }
     }
 
@@ -111,13 +130,23 @@ impl NodeTable {
         ids
     }
 
+    /// `st_ino` of the directory node `id` was last found in (the root's own for the root):
+    /// the `d_ino` of `..` in its listing.
+    pub fn parent_ino(&self, id: u64) -> Option<u64> {
+        if id == ROOT_ID || id == self.root.ino {
+            return Some(self.root.ino);
+        }
+        let parent = self.nodes.get(&id)?.parent;
+        Some(if parent == ROOT_ID { self.root.ino } else { parent })
+    }
+
     /// Where node `id` was last reached: (parent id, name).
     pub fn name_of(&self, id: u64) -> Option<(u64, Box<[u8]>)> {
         self.nodes.get(&id).map(|s| (s.parent, s.name.clone()))
     }
 
     /// The names from the root down to node `id`: `[("", root), (name, node)...]`.
-    pub fn chain(&self, id: u64) -> Option<Vec<(Box<[u8]>, Node)>> {
+    pub fn chain(&self, id: u64) -> Option<ChainBuf> {
         let mut out = Vec::new();
         let mut cur = id;
         while cur != ROOT_ID && cur != self.root.ino {

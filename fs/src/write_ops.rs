@@ -76,11 +76,11 @@ impl OverlayFs {
         let made = self.chain(parent).and_then(|chain| {
             let (node, _) = self.stack.create(&chain, name.as_bytes(), mode, what, Self::caller(req, umask))?;
             let attr = file_attr(&self.stack.attr(&node)?);
-            self.nodes.remember(&node, parent.0, name.as_bytes());
-            Ok(attr)
+            self.nodes.renew(node.ino);
+            Ok((attr, self.nodes.remember(&node, parent.0, name.as_bytes())))
         });
         match made {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Ok((attr, generation)) => reply.entry(&self.ttl, &attr, Generation(generation)),
             Err(e) => reply.error(fail("create", &e)),
         }
     }
@@ -92,7 +92,7 @@ impl OverlayFs {
         name: &[u8],
         mode: u32,
         umask: u32,
-    ) -> Result<(FileAttr, u64), Error> {
+    ) -> Result<(FileAttr, u64, u64), Error> {
         let chain = self.chain(parent)?;
         let (node, file) = self.stack.create(&chain, name, mode, NewObject::File, Self::caller(req, umask))?;
         let file = match file {
@@ -100,8 +100,9 @@ impl OverlayFs {
             None => self.stack.open_upper(&node, false)?,
         };
         let attr = file_attr(&self.stack.attr(&node)?);
-        self.nodes.remember(&node, parent.0, name);
-        Ok((attr, self.files.insert(OpenFile::Upper(file))))
+        self.nodes.renew(node.ino);
+        let generation = self.nodes.remember(&node, parent.0, name);
+        Ok((attr, self.files.insert(OpenFile::Upper(file)), generation))
     }
 
     pub(crate) fn remove(&self, parent: INodeNo, name: &[u8], is_dir: bool) -> Result<(), Error> {
@@ -154,13 +155,17 @@ impl OverlayFs {
         }
     }
 
-    pub(crate) fn link_entry(&self, ino: INodeNo, new_parent: INodeNo, new_name: &[u8]) -> Result<FileAttr, Error> {
+    pub(crate) fn link_entry(
+        &self,
+        ino: INodeNo,
+        new_parent: INodeNo,
+        new_name: &[u8],
+    ) -> Result<(FileAttr, u64), Error> {
         let source = self.chain(ino)?;
         let dir = self.chain(new_parent)?;
         let node = self.stack.link(&source, &dir, new_name)?;
         let attr = file_attr(&self.stack.attr(&node)?);
-        self.nodes.remember(&node, new_parent.0, new_name);
-        Ok(attr)
+        Ok((attr, self.nodes.remember(&node, new_parent.0, new_name)))
     }
 
     fn upper_file(&self, fh: FileHandle) -> Result<std::sync::Arc<OpenFile>, Error> {

@@ -29,6 +29,9 @@ use crate::whiteout::{is_private_xattr, DirMark};
 /// is named in the one before; the last is the object an operation is about.
 pub type Chain = [(Box<[u8]>, Node)];
 
+/// An owned [`Chain`].
+pub type ChainBuf = Vec<(Box<[u8]>, Node)>;
+
 /// First copies of multiply-linked objects during a tree copy: (layer, ino) → (dir, name).
 type Links = HashMap<(usize, u64), (Arc<OwnedFd>, CString)>;
 

@@ -28,7 +28,7 @@ pub mod whiteout;
 mod write;
 
 pub use attr::{Attr, FileKind, Time};
-pub use copy_up::Chain;
+pub use copy_up::{Chain, ChainBuf};
 pub use error::{Error, Result};
 pub use layer::{FileReader, Handle, Layer, PlainLayer, RawEntry, SquashLayer, StatFs};
 pub use parallaxfs_squash as squash;

@@ -265,7 +265,8 @@ impl Stack {
             if flags & libc::RENAME_NOREPLACE != 0 {
                 return Err(Errno::EEXIST.into());
             }
-            if d.ino == src.ino && d.kind != FileKind::Dir {
+            if d.ino == src.ino {
+                // Two names of one object (or the same name): POSIX says do nothing.
                 return Ok(());
             }
             match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
@@ -321,7 +322,7 @@ impl Stack {
 
     /// Copies up the source of a rename (and its parents); returns its upper parent fd.
     fn prepare_source(&self, dir: &Chain, name: &[u8], node: &Node) -> Result<std::os::fd::OwnedFd> {
-        let mut chain: Vec<(Box<[u8]>, Node)> = dir.to_vec();
+        let mut chain: crate::ChainBuf = dir.to_vec();
         chain.push((name.into(), node.clone()));
         self.copy_up(&chain, true)?;
         Ok(upper_dir_fd(&self.upper_dir(dir)?)?.try_clone()?)
