@@ -87,7 +87,8 @@ impl OverlayFs {
     fn open_dir(&self, ino: INodeNo) -> Result<u64, Error> {
         let dir = self.node(ino)?;
         let items = self.stack.read_dir(&dir)?;
-        Ok(self.dirs.insert(DirHandle { dir: dir.ino, items }))
+        let parent = self.nodes.parent(ino.0).unwrap_or(dir.ino);
+        Ok(self.dirs.insert(DirHandle { dir: dir.ino, parent, items }))
     }
 
     fn read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
@@ -127,7 +128,8 @@ impl Filesystem for OverlayFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.lookup_node(parent, name) {
             Ok((node, attr)) => {
-                self.nodes.remember(&node);
+                let parent = self.nodes.get(parent.0).map(|d| d.ino);
+                self.nodes.remember_in(&node, parent);
                 reply.entry(&self.ttl, &attr, Generation(0));
             }
             // Lower layers never change: cache the absence too.
@@ -204,10 +206,10 @@ impl Filesystem for OverlayFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let Some(dir) = self.dirs.get(fh.0) else { return reply.error(Errno::EBADF) };
         // Offsets: 1 after ".", 2 after "..", 3 + i after item i.
-        let dots = [(b".".as_slice(), dir.dir), (b"..".as_slice(), ino.0)];
+        let dots = [(b".".as_slice(), dir.dir), (b"..".as_slice(), dir.parent)];
         for (i, (name, dino)) in dots.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*dino), i as u64 + 1, fuser::FileType::Directory, OsStr::from_bytes(name)) {
                 return reply.ok();
@@ -232,8 +234,12 @@ impl Filesystem for OverlayFs {
             Ok(a) => file_attr(&a),
             Err(e) => return reply.error(fail("readdirplus", &e)),
         };
-        for (i, name) in [b".".as_slice(), b"..".as_slice()].iter().enumerate().skip(offset as usize) {
-            if reply.add(dot_attr.ino, i as u64 + 1, OsStr::from_bytes(name), &self.ttl, &dot_attr, Generation(0)) {
+        // The kernel links neither to a dentry; their attributes only carry `d_ino`.
+        let dotdot_attr = fuser::FileAttr { ino: INodeNo(dir.parent), ..dot_attr };
+        for (i, (name, attr)) in
+            [(b".".as_slice(), &dot_attr), (b"..".as_slice(), &dotdot_attr)].iter().enumerate().skip(offset as usize)
+        {
+            if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), &self.ttl, attr, Generation(0)) {
                 return reply.ok();
             }
         }
@@ -257,7 +263,7 @@ impl Filesystem for OverlayFs {
             if reply.add(attr.ino, i as u64 + 3, name, &self.ttl, &attr, Generation(0)) {
                 break;
             }
-            self.nodes.remember(&node);
+            self.nodes.remember_in(&node, Some(dir_node.ino));
         }
         reply.ok();
     }

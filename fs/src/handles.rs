@@ -47,6 +47,8 @@ pub type FileHandle = Box<dyn FileReader>;
 pub struct DirHandle {
     /// Node id of the directory.
     pub dir: u64,
+    /// `st_ino` of its parent directory (`d_ino` of `..`).
+    pub parent: u64,
     /// Entries after `.` and `..`.
     pub items: Vec<DirItem>,
 }

@@ -16,6 +16,8 @@ pub const ROOT_ID: u64 = 1;
 struct Slot {
     node: Node,
     lookups: u64,
+    /// `st_ino` of the directory it was last found in (readdir's `..` of a directory).
+    parent: Option<u64>,
 }
 
 /// The table of nodes the kernel knows.
@@ -41,15 +43,33 @@ impl NodeTable {
 
     /// Records one more kernel reference to `node` (a lookup reply, a readdirplus entry).
     pub fn remember(&self, node: &Node) {
+        self.remember_in(node, None);
+    }
+
+    /// Records one more kernel reference to `node`, found in the directory whose `st_ino` is
+    /// `parent`.
+    pub fn remember_in(&self, node: &Node, parent: Option<u64>) {
         if node.ino == self.root.ino {
             return;
         }
         match self.nodes.entry(node.ino) {
-            Entry::Occupied(mut o) => o.get_mut().lookups += 1,
+            Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                slot.lookups += 1;
+                slot.parent = parent.or(slot.parent);
+            }
             Entry::Vacant(v) => {
-                v.insert(Slot { node: node.clone(), lookups: 1 });
+                v.insert(Slot { node: node.clone(), lookups: 1, parent });
             }
         }
+    }
+
+    /// `st_ino` of the directory node `id` was last found in (the root's own for the root).
+    pub fn parent(&self, id: u64) -> Option<u64> {
+        if id == ROOT_ID {
+            return Some(self.root.ino);
+        }
+        self.nodes.get(&id).and_then(|s| s.parent)
     }
 
     /// Drops `count` kernel references; the node goes when none is left.
