@@ -166,9 +166,11 @@ impl SuperBlock {
         ];
         for (i, (_, start, field)) in order.iter().enumerate() {
             let Some(start) = *start else { continue };
-            // The inode table must start strictly after the superblock; the rest may follow
-            // each other directly (an empty directory table, for instance).
-            let bad = if i == 0 { start <= prev } else { start < prev };
+            // The inode table may start right after the superblock (an image without file
+            // data: no data blocks, no fragments); it is never empty (the root inode), so the
+            // directory table starts strictly after it; the rest may follow each other
+            // directly (an empty directory table, for instance).
+            let bad = if i == 1 { start <= prev } else { start < prev };
             if bad || start >= self.bytes_used {
                 return Err(Error::corrupt("superblock: table offsets out of order", *field));
             }
@@ -227,6 +229,8 @@ mod tests {
             (20, &[9, 0], "compressor"),
             (28, &[3, 0], "version"),
             (64, &[0xff, 0x01, 0, 0], "order"),
+            (64, &[95, 0, 0, 0], "inode table inside the superblock"),
+            (72, &[100, 0, 0, 0], "empty inode table"),
             (40, &[10, 0, 0, 0, 0, 0, 0, 0], "bytes_used"),
         ];
         for (at, bytes, name) in cases {
@@ -234,6 +238,14 @@ mod tests {
             b[*at..*at + bytes.len()].copy_from_slice(bytes);
             assert!(SuperBlock::parse(&b).is_err(), "{name} lie accepted");
         }
+    }
+
+    #[test]
+    fn inode_table_right_after_the_superblock() {
+        // mksquashfs writes no data blocks or fragments for a tree of empty files.
+        let mut b = valid();
+        b[64..72].copy_from_slice(&(SUPERBLOCK_SIZE as u64).to_le_bytes());
+        assert!(SuperBlock::parse(&b).is_ok());
     }
 
     #[test]
