@@ -116,6 +116,16 @@ impl PlainLayer {
     }
 }
 
+/// Opens `name` in `dir` for reading without touching its atime (lower objects never change,
+/// overlay_semantics.md §9 item 35); O_NOATIME needs the owner or CAP_FOWNER, so without
+/// either the open is retried without it.
+fn open_for_reading<Fd: std::os::fd::AsFd>(dir: Fd, name: &OsStr, flags: OFlag) -> nix::Result<OwnedFd> {
+    match openat(&dir, name, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => openat(&dir, name, flags, Mode::empty()),
+        other => other,
+    }
+}
+
 fn kind_of(mode: u32) -> Result<FileKind> {
     FileKind::from_mode(mode).ok_or(Error::Io(std::io::Error::from_raw_os_error(Errno::EIO as i32)))
 }
@@ -206,7 +216,7 @@ impl Layer for PlainLayer {
 
     fn read_dir(&self, dir: &Handle) -> Result<Vec<RawEntry>> {
         let dir_fd = self.dir_fd(dir)?;
-        let fd = openat(dir_fd, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = open_for_reading(dir_fd, OsStr::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)?;
         let mut d = Dir::from_fd(fd)?;
         let mut out = Vec::new();
         for entry in d.iter() {
@@ -263,11 +273,10 @@ impl Layer for PlainLayer {
             let fd = nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
             return Ok(Box::new(PlainFile(File::from(fd))));
         }
-        let fd = openat(
-            &h.parent,
+        let fd = open_for_reading(
+            &*h.parent,
             OsStr::from_bytes(&h.name),
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
         )?;
         Ok(Box::new(PlainFile(File::from(fd))))
     }
