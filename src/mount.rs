@@ -156,7 +156,7 @@ fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
     }
     let mut session = parallaxfs_fs::mount(fs, &req.mountpoint, &mount_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
-    spawn_signal_handler(session.unmount_callable())?;
+    spawn_signal_handler(req.mountpoint.clone(), session.unmount_callable())?;
     if daemon {
         let _ = nix::unistd::setsid();
         let _ = std::env::set_current_dir("/");
@@ -179,17 +179,42 @@ fn raise_fd_limit() {
     }
 }
 
-/// Unmount lazily on SIGTERM, SIGINT or SIGHUP; the session then ends and we exit 0.
-fn spawn_signal_handler(mut unmounter: parallaxfs_fs::SessionUnmounter) -> Result<()> {
+/// Unmount lazily on SIGTERM, SIGINT or SIGHUP; the session then ends (once the last open
+/// file of the detached mount is closed) and we exit 0. Lazily, as libfuse does: a plain
+/// unmount of a busy mount fails, and the process would then serve on with nothing left to
+/// end it.
+fn spawn_signal_handler(mountpoint: std::path::PathBuf, mut unmounter: parallaxfs_fs::SessionUnmounter) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         if signals.forever().next().is_some() {
-            if let Err(e) = unmounter.unmount() {
-                tracing::warn!(error = %e, "unmount on signal failed");
+            if let Err(e) = lazy_unmount(&mountpoint) {
+                tracing::warn!(error = %e, "lazy unmount on signal failed; trying a plain one");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::warn!(error = %e, "unmount on signal failed");
+                }
             }
         }
     })?;
+    Ok(())
+}
+
+/// Detaches the mount now; the kernel ends the FUSE session when its last user is gone.
+fn lazy_unmount(mountpoint: &Path) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)?;
+        return Ok(());
+    }
+    let status = Command::new("fusermount3")
+        .args(["-u", "-z", "-q", "--"])
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("fusermount3 -u -z {}: {status}", mountpoint.display());
+    }
     Ok(())
 }
 

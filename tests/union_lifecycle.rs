@@ -1,0 +1,302 @@
+//! Life and death of a parallaxfs mount: 100 mount/unmount cycles leave no process and no
+//! mount behind; every way to end a mount (`fusermount3 -u`, `parallaxfs umount`, `umount`,
+//! SIGTERM, SIGINT, SIGHUP, lazy unmount with a file still open) makes the daemon exit 0;
+//! `kill -9` of the daemon leaves a dead mount that `fusermount3 -u` clears; a busy mount
+//! refuses a plain unmount and keeps serving; the daemon runs detached (stdio on /dev/null,
+//! cwd `/`), or in the foreground with `-f`.
+//!
+//! Processes are checked in /proc (`State:` of /proc/PID/status; zombies count as gone, since
+//! PID 1 here does not reap orphans). The test process is a child subreaper, so the daemons,
+//! orphaned when their launcher exits, become its children and their exit status is checked.
+//!
+//! Needs root; fails, never skips, without it.
+
+mod union_common;
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use union_common::*;
+
+/// A small stack: a directory layer over an image layer, each with a known file.
+struct Layers {
+    scratch: Scratch,
+    layers: Vec<PathBuf>,
+}
+
+const TOP: &[u8] = b"from the directory layer\n";
+const BOTTOM_LEN: usize = 700_000;
+
+fn bottom_bytes() -> Vec<u8> {
+    Content { seed: 11, len: BOTTOM_LEN, style: 1 }.bytes()
+}
+
+fn layers(tag: &str) -> Layers {
+    let scratch = Scratch::new(tag);
+    let top = scratch.mkdir("top");
+    fs::write(top.join("top-file"), TOP).unwrap();
+    let src = scratch.mkdir("bottom-src");
+    fs::write(src.join("bottom-file"), bottom_bytes()).unwrap();
+    fs::create_dir(src.join("dir")).unwrap();
+    fs::write(src.join("dir/inner"), b"inner").unwrap();
+    let img = scratch.path().join("bottom.sqfs");
+    mksquashfs(&src, &img);
+    Layers { layers: vec![top, img], scratch }
+}
+
+impl Layers {
+    fn mountpoint(&self, name: &str) -> PathBuf {
+        self.scratch.mkdir(name)
+    }
+}
+
+/// The mount serves both layers.
+fn check_serving(mp: &Path) {
+    assert_eq!(fs::read(mp.join("top-file")).unwrap(), TOP);
+    assert_eq!(fs::read(mp.join("dir/inner")).unwrap(), b"inner");
+    let f = File::open(mp.join("bottom-file")).unwrap();
+    let mut buf = vec![0u8; 1000];
+    assert_eq!(f.read_at(&mut buf, 500_000).unwrap(), 1000);
+    assert_eq!(buf, bottom_bytes()[500_000..501_000]);
+}
+
+/// Nothing of the mount is left: no mount at `mp`, no live process naming it.
+fn assert_nothing_left(mp: &Path) {
+    assert!(!is_mounted(mp), "{} is still mounted", mp.display());
+    let left = processes_with_arg(mp);
+    assert!(left.is_empty(), "processes left for {}: {left:?}", mp.display());
+}
+
+/// Sends `sig` to the daemon of `m`; it must unmount and exit 0 within 5 s.
+fn stop_with_signal(m: TestMount, sig: Signal) {
+    let pid = m.daemon().expect("a daemon");
+    let mp = m.path().to_path_buf();
+    kill(Pid::from_raw(pid), sig).unwrap();
+    let end = wait_gone(pid, Duration::from_secs(5));
+    assert!(matches!(end, Some(Exit::Code(0))), "daemon {pid} after {sig}: {end:?} (want exit 0 within 5 s)");
+    assert!(!is_mounted(&mp), "daemon exited after {sig} but {} is still mounted", mp.display());
+    m.disarm();
+    assert_nothing_left(&mp);
+}
+
+/// How cycle `i` ends its mount.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Command(Unmount),
+    Signal(Signal),
+}
+
+const ENDS: [End; 6] = [
+    End::Command(Unmount::Fusermount),
+    End::Command(Unmount::Parallaxfs),
+    End::Command(Unmount::Umount),
+    End::Signal(Signal::SIGTERM),
+    End::Signal(Signal::SIGINT),
+    End::Signal(Signal::SIGHUP),
+];
+
+/// 100 times on the same mountpoint: mount (both command forms), read through the mount,
+/// end it (every way in turn); each time the daemon exits 0 and nothing is left. At the end
+/// no process names the mountpoint and nothing is mounted below the scratch directory.
+#[test]
+fn hundred_mount_cycles_leave_nothing_behind() {
+    require_root();
+    let l = layers("life-cycles");
+    let mp = l.mountpoint("mp");
+    let start = Instant::now();
+    let mut pids = Vec::new();
+    for i in 0..100 {
+        let m = if i % 2 == 0 { TestMount::lowerdir(&l.layers, &mp) } else { TestMount::lower_flags(&l.layers, &mp) };
+        pids.push(m.daemon().unwrap());
+        check_serving(&mp);
+        assert_eq!(mount_count(&mp), 1, "cycle {i}: more than one mount at the mountpoint");
+        match ENDS[i % ENDS.len()] {
+            End::Command(how) => m.unmount_with(how),
+            End::Signal(sig) => stop_with_signal(m, sig),
+        }
+        assert_nothing_left(&mp);
+    }
+    let elapsed = start.elapsed();
+    eprintln!("100 cycles in {elapsed:?}");
+    // Every daemon is gone (zombies count as gone; ours were reaped by wait_gone).
+    for pid in &pids {
+        if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
+            let state = status.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string();
+            let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_string();
+            // The pid may have been reused by an unrelated process.
+            assert!(
+                name != "parallaxfs" || state.starts_with('Z') || state.starts_with('X'),
+                "daemon {pid} still alive: {state}"
+            );
+        }
+    }
+    assert_nothing_left(&mp);
+    assert!(mounts_below(l.scratch.path()).is_empty(), "mounts left: {:?}", mounts_below(l.scratch.path()));
+    let mut uniq = pids.clone();
+    uniq.sort_unstable();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 100, "a daemon served two cycles");
+}
+
+/// `kill -9` of the daemon: the mount stays, dead (ENOTCONN); `fusermount3 -u` clears it; the
+/// same mountpoint then mounts again and serves.
+#[test]
+fn kill_9_leaves_a_mount_that_fusermount_clears() {
+    require_root();
+    let l = layers("life-kill9");
+    let mp = l.mountpoint("mp");
+    let m = TestMount::lowerdir(&l.layers, &mp);
+    check_serving(&mp);
+    let pid = m.daemon().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let end = wait_gone(pid, Duration::from_secs(5));
+    assert_eq!(end, Some(Exit::Signal(Signal::SIGKILL as i32)));
+    assert!(is_mounted(&mp), "the mount vanished with its daemon");
+    // A name the kernel has not cached must be asked of the (dead) daemon.
+    let err = fs::metadata(mp.join("never-looked-up")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "stat on a dead mount: {err}");
+    assert!(daemons_of(&mp).is_empty());
+    // The guard still unmounts with `fusermount3 -u` (and checks it worked); the daemon is
+    // already reaped.
+    let m = TestMount::adopt(&mp, None);
+    m.unmount_with(Unmount::Fusermount);
+    assert_nothing_left(&mp);
+    let again = TestMount::lower_flags(&l.layers, &mp);
+    check_serving(&mp);
+    again.unmount();
+    assert_nothing_left(&mp);
+}
+
+/// `parallaxfs umount` of a mount with an open file fails (EBUSY, one line, exit non-zero)
+/// and the mount keeps serving; SIGTERM then detaches it at once, the open file stays
+/// readable, and the daemon exits 0 when it is closed. The same with `parallaxfs umount
+/// --lazy`.
+#[test]
+fn busy_mounts_refuse_plain_unmount_and_go_lazily() {
+    require_root();
+    let l = layers("life-busy");
+    let mp = l.mountpoint("mp");
+    for lazy in [LazyEnd::Sigterm, LazyEnd::Command, LazyEnd::Sigint] {
+        let m = TestMount::lowerdir(&l.layers, &mp);
+        let pid = m.daemon().unwrap();
+        let f = File::open(mp.join("bottom-file")).unwrap();
+        let out = Command::new(bin()).arg("umount").arg(&mp).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "parallaxfs umount of a busy mount succeeded");
+        assert!(
+            err.starts_with("parallaxfs: ") && err.matches('\n').count() == 1 && err.contains("busy"),
+            "want one `parallaxfs: ... busy` line, got {err:?}"
+        );
+        assert!(is_mounted(&mp));
+        check_serving(&mp);
+
+        match lazy {
+            LazyEnd::Sigterm => kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap(),
+            LazyEnd::Sigint => kill(Pid::from_raw(pid), Signal::SIGINT).unwrap(),
+            LazyEnd::Command => {
+                let out = Command::new(bin())
+                    .args([OsString::from("umount"), "--lazy".into(), mp.clone().into()])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "parallaxfs umount --lazy: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(out.stderr.is_empty() && out.stdout.is_empty());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_mounted(&mp) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!is_mounted(&mp), "{lazy:?}: the busy mount was not detached");
+        // Detached, but the open file is still served.
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(f.read_at(&mut buf, 123_456).unwrap(), 4096, "{lazy:?}");
+        assert_eq!(buf, bottom_bytes()[123_456..123_456 + 4096]);
+        assert_eq!(wait_gone(pid, Duration::from_millis(300)), None, "{lazy:?}: the daemon left while a file was open");
+        drop(f);
+        let end = wait_gone(pid, Duration::from_secs(5));
+        assert_eq!(end, Some(Exit::Code(0)), "{lazy:?}: daemon after the last close");
+        m.disarm();
+        assert_nothing_left(&mp);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LazyEnd {
+    Sigterm,
+    Sigint,
+    Command,
+}
+
+/// The launcher returns once the mount is live and leaves exactly one process: stdin,
+/// stdout and stderr on /dev/null, cwd `/` (so it never holds the mountpoint or the caller's
+/// directory busy), in a session of its own.
+#[test]
+fn the_daemon_runs_detached() {
+    require_root();
+    let l = layers("life-detached");
+    let mp = l.mountpoint("mp");
+    let m = TestMount::lowerdir(&l.layers, &mp);
+    let pid = m.daemon().unwrap();
+    for fd in 0..3 {
+        let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "daemon fd {fd}");
+    }
+    assert_eq!(fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    assert_eq!(fields[3], pid.to_string(), "the daemon is not a session leader: {stat}");
+    m.unmount();
+    assert_nothing_left(&mp);
+}
+
+/// `-f` keeps the command in the foreground as the serving process; SIGTERM, SIGINT or
+/// `fusermount3 -u` end it with exit 0.
+#[test]
+fn foreground_mode_serves_and_exits_0() {
+    require_root();
+    let l = layers("life-foreground");
+    let mp = l.mountpoint("mp");
+    for how in [Some(Signal::SIGTERM), Some(Signal::SIGINT), None] {
+        let mut lower = OsString::from("lowerdir=");
+        lower.push(&l.layers[0]);
+        lower.push(":");
+        lower.push(&l.layers[1]);
+        // Reaped by `wait_gone` (waitpid) through the guard, not by `Child::wait`.
+        #[allow(clippy::zombie_processes)]
+        let mut child = Command::new(bin())
+            .arg("-f")
+            .arg("-o")
+            .arg(&lower)
+            .arg(&mp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let m = TestMount::adopt(&mp, Some(pid));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_mounted(&mp) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(is_mounted(&mp), "parallaxfs -f did not mount within 10 s");
+        check_serving(&mp);
+        assert_eq!(daemons_of(&mp).iter().map(|p| p.pid).collect::<Vec<_>>(), vec![pid]);
+        let mut stderr = child.stderr.take().unwrap();
+        match how {
+            Some(sig) => stop_with_signal(m, sig),
+            None => m.unmount_with(Unmount::Fusermount),
+        }
+        let mut err = String::new();
+        stderr.read_to_string(&mut err).unwrap();
+        assert!(err.is_empty(), "parallaxfs -f printed on stderr: {err:?}");
+        assert_nothing_left(&mp);
+    }
+}
