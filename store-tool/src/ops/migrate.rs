@@ -94,17 +94,18 @@ pub fn run(cfg: &Config, log: &mut Logger<'_>) -> Result<Outcome> {
     let store = Store::new(&cfg.store, cfg.umask);
     let registries = Registries::load();
     log.info(&crate::messages::migration_start(&cfg.image));
-    let src = source::open(&cfg.podman_root, &registries, &cfg.image, cfg.lock_timeout)?;
-    log.debug(&format!("Source image {} has {} layers", src.view.id, src.diff_dirs.len()));
-    let names = stored_names(&registries, &cfg.image, &src)?;
-    let prepared = prepare(&cfg.image, &src)?;
-    // A read-only look first: an image already there costs no lock and changes no byte.
+    // A read-only look first, before the source store is even read (as parallax does): an
+    // image already there costs no lock and changes no byte.
     if store.images_json().exists() {
         let meta = read_shared(&store, cfg.lock_timeout)?;
         if is_migrated(&store, &registries, &meta, &cfg.image).unwrap_or(false) {
             return Ok(Outcome::AlreadyMigrated);
         }
     }
+    let src = source::open(&cfg.podman_root, &registries, &cfg.image, cfg.lock_timeout)?;
+    log.debug(&format!("Source image {} has {} layers", src.view.id, src.diff_dirs.len()));
+    let names = stored_names(&registries, &cfg.image, &src)?;
+    let prepared = prepare(&cfg.image, &src)?;
 
     let tool = tool_lock(&store, cfg.lock_timeout, log)?;
     store.init_skeleton()?;
