@@ -19,6 +19,36 @@ struct Podman {
     dir: PathBuf,
     /// With parallaxfs as mount_program (else the kernel overlay driver).
     parallaxfs: bool,
+    /// Rootless: the unprivileged user Podman runs as.
+    user: Option<&'static str>,
+}
+
+/// The unprivileged user of the rootless tests.
+const ROOTLESS_USER: &str = "pfs-rootless";
+
+/// Makes sure the rootless test user exists with subordinate id ranges, and that /dev/fuse is
+/// usable by everyone (what a site enabling rootless Podman with a FUSE mount program does).
+fn rootless_user() -> (u32, u32) {
+    let have = Command::new("id").arg("-u").arg(ROOTLESS_USER).output().unwrap();
+    if !have.status.success() {
+        let st = Command::new("useradd").args(["-m", "-s", "/bin/sh", ROOTLESS_USER]).status().unwrap();
+        assert!(st.success(), "useradd {ROOTLESS_USER}");
+    }
+    for f in ["/etc/subuid", "/etc/subgid"] {
+        let cur = fs::read_to_string(f).unwrap_or_default();
+        if !cur.lines().any(|l| l.starts_with(&format!("{ROOTLESS_USER}:"))) {
+            let mut line = cur;
+            line.push_str(&format!("{ROOTLESS_USER}:300000:65536\n"));
+            fs::write(f, line).unwrap();
+        }
+    }
+    let st = Command::new("chmod").args(["0666", "/dev/fuse"]).status().unwrap();
+    assert!(st.success());
+    let id = |flag: &str| -> u32 {
+        let o = Command::new("id").arg(flag).arg(ROOTLESS_USER).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
 }
 
 const RUN_FLAGS: [&str; 6] = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
@@ -33,10 +63,25 @@ fn text(o: &Output) -> String {
 
 impl Podman {
     fn new(name: &str, parallaxfs: bool) -> Podman {
-        assert!(nix::unistd::geteuid().is_root(), "the rootful Podman tests need root");
-        let dir = std::env::temp_dir().join(format!("pfs-podman-{name}-{}", std::process::id()));
+        Podman::create(name, parallaxfs, None)
+    }
+
+    fn rootless(name: &str) -> Podman {
+        Podman::create(name, true, Some(ROOTLESS_USER))
+    }
+
+    fn create(name: &str, parallaxfs: bool, user: Option<&'static str>) -> Podman {
+        assert!(nix::unistd::geteuid().is_root(), "the Podman tests need root (rootless ones set up a user)");
+        let base = if user.is_some() { PathBuf::from("/var/tmp") } else { std::env::temp_dir() };
+        let dir = base.join(format!("pfs-podman-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(dir.join("xdg")).unwrap();
+        if user.is_some() {
+            let (uid, gid) = rootless_user();
+            let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&dir).status().unwrap();
+            assert!(st.success());
+            fs::set_permissions(dir.join("xdg"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        }
         let mount_program = if parallaxfs { format!("mount_program = \"{}\"\n", bin()) } else { String::new() };
         fs::write(
             dir.join("storage.conf"),
@@ -57,18 +102,44 @@ impl Podman {
             ),
         )
         .unwrap();
-        let p = Podman { dir, parallaxfs };
+        let p = Podman { dir, parallaxfs, user };
         p.import_busybox("localhost/bb:latest");
         p
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .env("TMPDIR", self.dir.join("tmp"))
-            .env_remove("CONTAINERS_REGISTRIES_CONF");
-        let _ = fs::create_dir_all(self.dir.join("tmp"));
+        let tmp = self.dir.join("tmp");
+        if !tmp.exists() {
+            fs::create_dir_all(&tmp).unwrap();
+            if let Some(u) = self.user {
+                let _ = Command::new("chown").arg(u).arg(&tmp).status();
+            }
+        }
+        let vars = [
+            ("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf")),
+            ("CONTAINERS_CONF", self.dir.join("containers.conf")),
+            ("TMPDIR", tmp),
+            ("XDG_RUNTIME_DIR", self.dir.join("xdg")),
+        ];
+        let mut c = match self.user {
+            // runuser keeps nothing of our environment but what `env` sets.
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--", "env"]);
+                for (k, v) in &vars {
+                    c.arg(format!("{k}={}", v.display()));
+                }
+                c.arg(format!("HOME={}", self.dir.display()));
+                c.arg("podman");
+                c
+            }
+            None => {
+                let mut c = Command::new("podman");
+                c.envs(vars.iter().map(|(k, v)| (*k, v.as_os_str())));
+                c
+            }
+        };
+        c.env_remove("CONTAINERS_REGISTRIES_CONF");
         c
     }
 
@@ -109,6 +180,9 @@ impl Podman {
         let tar = self.dir.join("rootfs.tar");
         let st = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
         assert!(st.success());
+        if let Some(u) = self.user {
+            let _ = Command::new("chown").arg(u).arg(&tar).status();
+        }
         self.ok(&["import", tar.to_str().unwrap(), name]);
     }
 
@@ -354,6 +428,34 @@ fn killed_container_is_cleaned_up() {
     p.ok(&["wait", "k"]);
     p.ok(&["rm", "k"]);
     p.assert_clean("killed container removed");
+}
+
+/// Rootless Podman (a user with subordinate ids, Podman's own user namespace): the daemon runs
+/// inside it, writes land in the user's store with the container's ids mapped, and nothing
+/// is left behind.
+#[test]
+fn rootless_run_exec_and_cleanup() {
+    let p = Podman::rootless("rootless");
+    let out = p.run_in(
+        "localhost/bb",
+        "id -u; cat /etc/motd; echo w > /opt/app/config; cat /opt/app/config; rm /etc/motd; \
+         cat /etc/motd 2>/dev/null || echo gone; mkdir /newd; touch /newd/f; ls -n /newd | wc -l",
+    );
+    assert_eq!(out, "0\nhello from the lower layer\nw\ngone\n2\n");
+    p.assert_clean("rootless run --rm");
+    let mut args = vec!["run", "-d", "--name", "r1"];
+    args.extend(RUN_FLAGS);
+    args.extend(["localhost/bb", "sleep", "600"]);
+    p.ok(&args);
+    assert_eq!(p.daemons().len(), 1, "one parallaxfs process per container");
+    assert_eq!(p.ok(&["exec", "r1", "sh", "-c", "echo x > /tmp/t; cat /tmp/t"]), "x\n");
+    // `--userns=keep-id` makes c/storage pass uidmapping/gidmapping options.
+    let mut args = vec!["run", "--rm", "--userns=keep-id"];
+    args.extend(RUN_FLAGS);
+    args.extend(["localhost/bb", "sh", "-c", "cat /etc/motd; ls -n /etc/motd | wc -l"]);
+    assert_eq!(p.ok(&args), "hello from the lower layer\n1\n");
+    p.ok(&["rm", "-f", "-t", "0", "r1"]);
+    p.assert_clean("rootless rm -f");
 }
 
 /// Bad layers: a clear one-line error from parallaxfs reaches the user; nothing stays mounted.
