@@ -206,7 +206,11 @@ impl Podman {
 
     /// The diff directories of image `name`'s layers, topmost first.
     pub fn layer_dirs(&self, name: &str) -> Vec<PathBuf> {
-        let top = self.ok(&["image", "inspect", "--format", "{{.TopLayer}}", name]).trim().to_string();
+        let id = self.ok(&["image", "inspect", "--format", "{{.Id}}", name]).trim().to_string();
+        let images: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.root.join("overlay-images/images.json")).unwrap()).unwrap();
+        let image = images.as_array().unwrap().iter().find(|i| i["id"] == id.as_str()).unwrap();
+        let top = image["layer"].as_str().unwrap().to_string();
         let layers: serde_json::Value =
             serde_json::from_slice(&fs::read(self.root.join("overlay-layers/layers.json")).unwrap()).unwrap();
         let mut out = Vec::new();
