@@ -21,10 +21,10 @@ fn spawn_migrate(p: &Podman, store: &std::path::Path, image: &str) -> Child {
         .unwrap()
 }
 
-fn wait_no_mounts(store_hint: &str) {
+fn wait_no_mounts(p: &Podman, store_hint: &str) {
     let start = Instant::now();
     loop {
-        let left = common::mounts_under("/tmp/parallax-store-");
+        let left = common::mounts_under(&p.tmp());
         if left.is_empty() {
             return;
         }
@@ -71,7 +71,7 @@ fn kill_9_at_every_phase_then_rerun() {
         std::thread::sleep(full * round / rounds);
         let _ = child.kill();
         let _ = child.wait();
-        wait_no_mounts(&format!("round {round}"));
+        wait_no_mounts(&p, &format!("round {round}"));
         let leftovers =
             Command::new("pgrep").args(["-f", &format!("mksquashfs .*{}", store.display())]).output().unwrap();
         assert!(leftovers.stdout.is_empty(), "round {round}: mksquashfs still running: {}", text(&leftovers));

@@ -72,7 +72,13 @@ fn migrate_list_verify_remigrate_rmi() {
     let sq = text(&sq);
     assert!(sq.contains("Compression zstd") && sq.contains("compression-level 1"), "{sq}");
     assert!(!store.join(".parallax-staging").read_dir().unwrap().any(|_| true), "staging cleaned");
-    assert!(common::mounts_under("/tmp/parallax-store-").is_empty(), "no mount left");
+    assert!(common::mounts_under(&p.tmp()).is_empty(), "no mount left");
+    let residue: Vec<_> = fs::read_dir(p.tmp())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("parallax-store-"))
+        .collect();
+    assert!(residue.is_empty(), "temp dirs left in $TMPDIR: {residue:?}");
 
     // A consumer Podman sees it, with the source Env and Cmd.
     let images_out =
@@ -221,7 +227,7 @@ fn mksquashfs_failure_leaves_the_store_unchanged() {
     let mut before = before;
     before.remove("/.parallax-staging");
     assert_eq!(after, before);
-    assert!(common::mounts_under("/tmp/parallax-store-").is_empty(), "no mount left");
+    assert!(common::mounts_under(&p.tmp()).is_empty(), "no mount left");
 }
 
 #[test]

@@ -90,9 +90,17 @@ impl Podman {
         Podman { dir, root, runroot, conf, storage_conf, registries_conf }
     }
 
+    /// `$TMPDIR` of every command: the tool's flattening mounts live here.
+    pub fn tmp(&self) -> PathBuf {
+        let t = self.dir.path().join("tmp");
+        fs::create_dir_all(&t).unwrap();
+        t
+    }
+
     /// Environment every command gets (podman and the tool alike).
     pub fn envs(&self) -> Vec<(&'static str, PathBuf)> {
         vec![
+            ("TMPDIR", self.tmp()),
             ("CONTAINERS_CONF", self.conf.clone()),
             ("CONTAINERS_STORAGE_CONF", self.storage_conf.clone()),
             ("CONTAINERS_REGISTRIES_CONF", self.registries_conf.clone()),
@@ -340,13 +348,14 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, String, i64)> {
     walk(root).into_iter().map(|(k, n)| (k, (n.mode, n.content, n.mtime))).collect()
 }
 
-/// Whether any mount point lies under `dir`.
-pub fn mounts_under(dir: &str) -> Vec<String> {
+/// Mount points under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(dir))
+        .filter(|m| m.starts_with(&dir))
         .map(str::to_string)
         .collect()
 }
