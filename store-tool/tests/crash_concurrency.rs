@@ -155,3 +155,33 @@ fn four_parallel_migrations_into_one_store() {
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
     assert_eq!(fs::read_dir(store.join("squash")).unwrap().count(), 5);
 }
+
+#[test]
+fn sigterm_rolls_back_and_exits_143() {
+    require_environment();
+    let p = Podman::new();
+    p.import_base();
+    p.build("localhost/slow:1", "RUN dd if=/dev/urandom of=/big bs=1M count=96 2>/dev/null", &[]);
+    let store = p.dir.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let mut child = spawn_migrate(&p, &store, "localhost/slow:1");
+    // Wait until mksquashfs is writing, then ask politely.
+    let start = Instant::now();
+    while fs::read_dir(store.join(".parallax-staging"))
+        .map_or(true, |mut d| d.next().is_none_or(|e| !e.unwrap().path().join("sidecar.squash").exists()))
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "migration never reached mksquashfs");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(status.code(), Some(143), "{out}");
+    assert!(out.contains("interrupted by SIGTERM; nothing was published"), "{out}");
+    wait_no_mounts(&p, "after SIGTERM");
+    assert!(image_names(&store).is_empty());
+    assert_eq!(fs::read_dir(store.join("squash")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(store.join(".parallax-staging")).unwrap().count(), 0);
+}

@@ -245,3 +245,23 @@ fn read_only_store_is_refused_with_one_line() {
     assert!(text(&out).contains("read-only file system"), "{}", text(&out));
     assert!(fs::read_dir(&store).unwrap().next().is_none(), "nothing written");
 }
+
+#[test]
+fn disk_full_is_reported_and_rolled_back() {
+    require_environment();
+    let p = Podman::new();
+    p.import_base();
+    p.build("localhost/fat:1", "RUN dd if=/dev/urandom of=/fat bs=1M count=6 2>/dev/null", &[]);
+    let store = p.dir.path().join("small");
+    let _tmpfs = common::mount(&["-t", "tmpfs", "-o", "size=4m", "tmpfs"], &store);
+    let out = p.migrate(&store, "localhost/fat:1");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("Migration failed for image 'localhost/fat:1': "), "{all}");
+    assert!(all.contains("No space left on device") || all.contains("no space left on device"), "{all}");
+    assert!(fs::read_dir(store.join("squash")).unwrap().next().is_none(), "no side-car published");
+    assert!(fs::read_dir(store.join(".parallax-staging")).unwrap().next().is_none(), "staging removed");
+    let verify = p.tool(&["verify", store.to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(common::mounts_under(&p.tmp()).is_empty(), "no mount left");
+}
