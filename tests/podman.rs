@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 /// One isolated Podman store.
 struct Podman {
     dir: PathBuf,
-    /// With parallaxfs as mount_program (else the kernel overlay driver).
-    parallaxfs: bool,
     /// Rootless: the unprivileged user Podman runs as.
     user: Option<&'static str>,
 }
@@ -102,7 +100,7 @@ impl Podman {
             ),
         )
         .unwrap();
-        let p = Podman { dir, parallaxfs, user };
+        let p = Podman { dir, user };
         p.import_busybox("localhost/bb:latest");
         p
     }

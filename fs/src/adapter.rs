@@ -35,6 +35,15 @@ pub struct OverlayFs {
     page_store: PageStore,
     pub(crate) ttl: std::time::Duration,
     on_destroy: Option<fn()>,
+    /// Upper files are handed to the kernel (FUSE passthrough) when it agreed at init.
+    pub(crate) passthrough: std::sync::atomic::AtomicBool,
+    /// Backing ids registered with the kernel, per node: every open handle of a node must
+    /// use the same one while any is open.
+    pub(crate) backing: dashmap::DashMap<u64, std::sync::Weak<fuser::BackingId>>,
+    /// The backing id each passthrough handle keeps alive.
+    pub(crate) backing_of_handle: dashmap::DashMap<u64, std::sync::Arc<fuser::BackingId>>,
+    /// Open handles served through the page cache, per node.
+    pub(crate) cached: crate::io_mode::CachedOpens,
 }
 
 thread_local! {
@@ -63,6 +72,10 @@ impl OverlayFs {
             page_store,
             ttl: IMMUTABLE_TTL,
             on_destroy: None,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+            backing: dashmap::DashMap::new(),
+            backing_of_handle: dashmap::DashMap::new(),
+            cached: crate::io_mode::CachedOpens::default(),
         })
     }
 
@@ -137,6 +150,16 @@ impl Filesystem for OverlayFs {
             | InitFlags::FUSE_MAX_PAGES;
         let _ = config.add_capabilities(wanted & config.capabilities());
         let _ = config.set_max_readahead(MAX_READ as u32);
+        // Upper files are real files on a local filesystem: let the kernel do their I/O
+        // (needs CAP_SYS_ADMIN in the initial namespace, i.e. rootful, and Linux 6.9+).
+        if self.stack.writable()
+            && nix::unistd::geteuid().is_root()
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -179,11 +202,16 @@ impl Filesystem for OverlayFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.open_file(ino, write, flags.0 & libc::O_TRUNC != 0) {
+            Ok(OpenFile::Upper(file)) if self.passthrough.load(std::sync::atomic::Ordering::Relaxed) => {
+                self.open_passthrough(ino, file, reply)
+            }
             Ok(file) => {
                 // Lower files never change: the kernel may keep their pages across opens.
                 let keep =
                     if matches!(file, OpenFile::Lower(_)) { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(FileHandle(self.files.insert(file)), keep)
+                let fh = self.files.insert(file);
+                self.cached.opened(fh, ino.0);
+                reply.opened(FileHandle(fh), keep)
             }
             Err(e) => reply.error(fail("open", &e)),
         }
@@ -214,6 +242,8 @@ impl Filesystem for OverlayFs {
         reply: ReplyEmpty,
     ) {
         self.files.remove(fh.0);
+        self.backing_of_handle.remove(&fh.0);
+        self.cached.released(fh.0);
         reply.ok();
     }
 

@@ -12,6 +12,7 @@ mod adapter;
 mod attr;
 pub mod errno;
 mod handles;
+mod io_mode;
 pub mod node_table;
 mod page_store;
 mod write_ops;

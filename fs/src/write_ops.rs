@@ -102,7 +102,44 @@ impl OverlayFs {
         let attr = file_attr(&self.stack.attr(&node)?);
         self.nodes.renew(node.ino);
         let generation = self.nodes.remember(&node, parent.0, name);
-        Ok((attr, self.files.insert(OpenFile::Upper(file)), generation))
+        let fh = self.files.insert(OpenFile::Upper(file));
+        // fuser cannot reply to a create with passthrough: this handle is cached.
+        self.cached.opened(fh, self.nodes.id_of(&node));
+        Ok((attr, fh, generation))
+    }
+
+    /// Opens an upper file with FUSE passthrough: reads and writes go from the kernel to the
+    /// upper file directly. Falls back to serving it here if the kernel refuses the fd.
+    pub(crate) fn open_passthrough(&self, ino: INodeNo, file: std::fs::File, reply: fuser::ReplyOpen) {
+        if self.cached.any(ino.0) {
+            let fh = self.files.insert(OpenFile::Upper(file));
+            self.cached.opened(fh, ino.0);
+            return reply.opened(FileHandle(fh), fuser::FopenFlags::empty());
+        }
+        let backing = {
+            let mut entry = self.backing.entry(ino.0).or_default();
+            match entry.upgrade() {
+                Some(b) => Ok(b),
+                None => reply.open_backing(&file).map(|b| {
+                    let b = std::sync::Arc::new(b);
+                    *entry = std::sync::Arc::downgrade(&b);
+                    b
+                }),
+            }
+        };
+        let fh = self.files.insert(OpenFile::Upper(file));
+        match backing {
+            Ok(b) => {
+                // Kept before the reply: a release may follow it at once.
+                self.backing_of_handle.insert(fh, b.clone());
+                reply.opened_passthrough(FileHandle(fh), fuser::FopenFlags::empty(), &b);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "passthrough refused; serving the file");
+                self.cached.opened(fh, ino.0);
+                reply.opened(FileHandle(fh), fuser::FopenFlags::empty());
+            }
+        }
     }
 
     pub(crate) fn remove(&self, parent: INodeNo, name: &[u8], is_dir: bool) -> Result<(), Error> {
