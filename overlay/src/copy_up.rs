@@ -224,10 +224,7 @@ impl Stack {
                         .and_then(|()| self.copy_xattrs(lower.layer, &lower.handle, w, t))
                         .and_then(|()| set_times(w, t, &attr))
                         .and_then(|()| upper.place(&tmp, pfd.as_fd(), name));
-                    if let Err(e) = built {
-                        let _ = upper.remove_tree_in_work(&tmp);
-                        return Err(e);
-                    }
+                    upper.discard_on_error(&tmp, built)?;
                 }
             }
             keep.restore();
@@ -262,10 +259,7 @@ impl Stack {
         let built = self
             .build_copy(*layer, handle, upper.work_fd(), &tmp, data)
             .and_then(|()| upper.place(&tmp, pfd.as_fd(), name));
-        if let Err(e) = built {
-            let _ = upper.remove_tree_in_work(&tmp);
-            return Err(e);
-        }
+        upper.discard_on_error(&tmp, built)?;
         keep.restore();
         let up = upper.layer.lookup(&parent.handle, name)?.ok_or(Error::NotFound)?;
         let upper_ino = upper.layer.attr(&up)?.ino;

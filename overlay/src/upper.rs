@@ -237,6 +237,15 @@ impl Upper {
         self.create_empty(dir, OPAQUE_MARKER)
     }
 
+    /// Passes `r` on; on error first deletes the half-built `work/tmp`, so a failed operation
+    /// leaves nothing behind.
+    pub fn discard_on_error<T>(&self, tmp: &CString, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            let _ = self.remove_tree_in_work(tmp);
+        }
+        r
+    }
+
     /// Deletes `work/tmp` and everything below it.
     pub fn remove_tree_in_work(&self, tmp: &CString) -> Result<()> {
         self.remove_entry(self.work.as_fd(), tmp.as_bytes())

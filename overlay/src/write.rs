@@ -166,10 +166,7 @@ impl Stack {
             }
             upper.place(&tmp, pfd.as_fd(), name)
         })();
-        if let Err(e) = built {
-            let _ = upper.remove_tree_in_work(&tmp);
-            return Err(e);
-        }
+        upper.discard_on_error(&tmp, built)?;
         let node = self.lookup(parent, name)?;
         Ok((node, file))
     }
@@ -191,10 +188,7 @@ impl Stack {
         let src = node.upper.get().ok_or(Error::NotFound)?;
         let tmp = upper.temp_name();
         UpperRef::of(&src.handle, node.kind)?.link_to(upper.work_fd(), tmp.as_c_str())?;
-        if let Err(e) = upper.place(&tmp, upper_dir_fd(&pdir)?.as_fd(), name) {
-            let _ = upper.remove_tree_in_work(&tmp);
-            return Err(e);
-        }
+        upper.discard_on_error(&tmp, upper.place(&tmp, upper_dir_fd(&pdir)?.as_fd(), name))?;
         self.lookup(parent, name)
     }
 
@@ -284,10 +278,7 @@ impl Stack {
             // A lower or merged directory: copy the merged tree, put it in place, then hide
             // the source (a crash leaves a duplicate, never a loss).
             let tmp = upper.temp_name();
-            if let Err(e) = self.copy_tree(&src, upper.work_fd(), tmp.as_bytes()) {
-                let _ = upper.remove_tree_in_work(&tmp);
-                return Err(e);
-            }
+            upper.discard_on_error(&tmp, self.copy_tree(&src, upper.work_fd(), tmp.as_bytes()))?;
             self.clear_target(dfd.as_fd(), new_name)?;
             upper.place(&tmp, dfd.as_fd(), new_name)?;
             return self.remove_source(from, name, src_below);
