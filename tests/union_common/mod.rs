@@ -1068,10 +1068,26 @@ pub fn write_layer(layer: &LayerSpec, dir: &Path, enc: Encoding, seed: u64) {
 
 /// `mksquashfs DIR IMG -noappend -quiet -xattrs -comp zstd`.
 pub fn mksquashfs(dir: &Path, img: &Path) {
+    mksquashfs_with(dir, img, &["-comp", "zstd"]);
+}
+
+/// Compressor options the layers of built stacks cycle through.
+pub const IMAGE_OPTIONS: [&[&str]; 6] = [
+    &["-comp", "zstd"],
+    &["-comp", "gzip"],
+    &["-comp", "xz"],
+    &["-comp", "lz4"],
+    &["-comp", "lzo"],
+    &["-comp", "zstd", "-b", "4096", "-noI"],
+];
+
+/// `mksquashfs DIR IMG -noappend -quiet -xattrs OPTIONS`.
+pub fn mksquashfs_with(dir: &Path, img: &Path, options: &[&str]) {
     let out = Command::new("mksquashfs")
         .arg(dir)
         .arg(img)
-        .args(["-noappend", "-quiet", "-no-progress", "-xattrs", "-comp", "zstd"])
+        .args(["-noappend", "-quiet", "-no-progress", "-xattrs"])
+        .args(options)
         .stdin(Stdio::null())
         .output()
         .expect("running mksquashfs");
@@ -1091,7 +1107,8 @@ pub struct BuiltStack {
     pub images: Vec<bool>,
 }
 
-/// Writes every layer of `spec` below `base` in encoding `enc`, building the images.
+/// Writes every layer of `spec` below `base` in encoding `enc`, building the images (with
+/// compressors and block sizes cycling through [`IMAGE_OPTIONS`]).
 pub fn build_stack(spec: &StackSpec, base: &Path, enc: Encoding) -> BuiltStack {
     let mut built = BuiltStack { enc, layers: Vec::new(), dirs: Vec::new(), images: Vec::new() };
     for (i, layer) in spec.layers.iter().enumerate() {
@@ -1099,7 +1116,8 @@ pub fn build_stack(spec: &StackSpec, base: &Path, enc: Encoding) -> BuiltStack {
         write_layer(layer, &dir, enc, spec.seed.wrapping_mul(1000).wrapping_add(i as u64));
         let stored = if layer.image {
             let img = base.join(format!("{enc:?}-L{i:02}.sqfs"));
-            mksquashfs(&dir, &img);
+            let options = IMAGE_OPTIONS[(spec.seed as usize + i) % IMAGE_OPTIONS.len()];
+            mksquashfs_with(&dir, &img, options);
             img
         } else {
             dir.clone()
