@@ -163,10 +163,11 @@ fn kill_9_leaves_a_mount_that_fusermount_clears() {
     let err = fs::metadata(mp.join("never-looked-up")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "stat on a dead mount: {err}");
     assert!(daemons_of(&mp).is_empty());
-    // The guard still unmounts with `fusermount3 -u` (and checks it worked); the daemon is
-    // already reaped.
-    let m = TestMount::adopt(&mp, None);
-    m.unmount_with(Unmount::Fusermount);
+    // The daemon is reaped: a guard without it unmounts with `fusermount3 -u` (and checks it
+    // worked).
+    m.disarm();
+    let dead = TestMount::adopt(&mp, None);
+    dead.unmount_with(Unmount::Fusermount);
     assert_nothing_left(&mp);
     let again = TestMount::lower_flags(&l.layers, &mp);
     check_serving(&mp);
