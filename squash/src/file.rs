@@ -127,6 +127,9 @@ impl Inner {
 
     fn decompress_block(&self, at: u64, len: u32, what: &'static str) -> Result<DataBlock> {
         let mut scratch = Vec::new();
+        // One read of the whole block instead of a fault per 4 KiB page (the mapping is
+        // MADV_RANDOM for the metadata's sake).
+        self.source.prefault(at, u64::from(len));
         let raw = self.source.get(at, len as usize, &mut scratch, what)?;
         let mut out = vec![0u8; self.superblock.block_size as usize];
         let n = self.superblock.compressor.decompress(raw, &mut out).map_err(|()| Error::corrupt(what, at))?;

@@ -179,10 +179,14 @@ impl Image {
         if root.kind != Kind::Dir {
             return Err(Error::corrupt("root inode is not a directory", inode_table));
         }
-        // Hint the kernel to start fetching inode and directory tables (non-blocking).
-        let sb = &inner.superblock;
-        inner.source.will_need(sb.inode_table, sb.directory_table_end() - sb.inode_table);
         Ok(Image { inner: Arc::new(inner) })
+    }
+
+    /// Asks the kernel to start reading the inode and directory tables (non-blocking, but its
+    /// cost grows with the tables: call it off the open path, e.g. from a thread after mount).
+    pub fn prefetch_metadata(&self) {
+        let sb = &self.inner.superblock;
+        self.inner.source.will_need(sb.inode_table, sb.directory_table_end() - sb.inode_table);
     }
 
     /// The validated superblock.

@@ -171,7 +171,18 @@ impl Source {
         Ok(())
     }
 
-    /// Non-blocking hint that `[off, off+len)` will be read soon (the metadata tables at open).
+    /// With mmap: `[off, off+len)` is about to be read whole (a compressed block), so ask for
+    /// it in one I/O. Nothing to do for pread, which reads it in one call anyway.
+    pub(crate) fn prefault(&self, off: u64, len: u64) {
+        if let Kind::Mmap(m) = &self.kind {
+            let (Ok(o), Ok(l)) = (usize::try_from(off), usize::try_from(len)) else { return };
+            if o < m.len() && l > 4096 {
+                let _ = m.advise_range(Advice::WillNeed, o, l.min(m.len() - o));
+            }
+        }
+    }
+
+    /// Non-blocking hint that `[off, off+len)` will be read soon (the metadata tables).
     pub(crate) fn will_need(&self, off: u64, len: u64) {
         let (Ok(o), Ok(l)) = (usize::try_from(off), usize::try_from(len)) else { return };
         match &self.kind {

@@ -65,6 +65,11 @@ impl FileReader for SquashFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         self.image.read_at(&self.inode, offset, buf).map_err(|source| Error::Squash { layer: self.index, source })
     }
+
+    /// A data block is decompressed whole, whatever part of it is read.
+    fn decode_unit(&self) -> Option<u64> {
+        Some(u64::from(self.image.superblock().block_size))
+    }
 }
 
 impl Layer for SquashLayer {
