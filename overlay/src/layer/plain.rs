@@ -182,24 +182,42 @@ impl Layer for PlainLayer {
 
     fn lookup(&self, dir: &Handle, name: &[u8]) -> Result<Option<Handle>> {
         let dir_fd = self.dir_fd(dir)?;
-        let st = match fstatat(dir_fd, OsStr::from_bytes(name), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let kind = kind_of(st.st_mode)?;
-        let fd = if kind == FileKind::Dir {
-            Some(Arc::new(openat(dir_fd, OsStr::from_bytes(name), path_flags(), Mode::empty())?))
-        } else {
-            None
-        };
-        let own_fd = if self.pin_leaves && kind != FileKind::Dir {
-            let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            Some(Arc::new(openat(dir_fd, OsStr::from_bytes(name), flags, Mode::empty())?))
-        } else {
-            None
-        };
-        Ok(Some(Handle::Plain(PlainHandle { dir_fd: fd, own_fd, parent: dir_fd.clone(), name: name.into() })))
+        let n = OsStr::from_bytes(name);
+        // In a writable layer the name can change between the stat and the open below (a
+        // concurrent unlink, or a rename over it). A name gone by the open is not found, as a
+        // lookup a moment later would say; a name that now holds another object is looked up
+        // again, so the kind and the fds always describe one object.
+        for _ in 0..8 {
+            let st = match fstatat(dir_fd, n, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let kind = kind_of(st.st_mode)?;
+            let flags = match kind {
+                FileKind::Dir => path_flags(),
+                _ if self.pin_leaves => OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                _ => {
+                    let handle = PlainHandle { dir_fd: None, own_fd: None, parent: dir_fd.clone(), name: name.into() };
+                    return Ok(Some(Handle::Plain(handle)));
+                }
+            };
+            let fd = match openat(dir_fd, n, flags, Mode::empty()) {
+                Ok(fd) => Arc::new(fd),
+                Err(Errno::ENOENT) => return Ok(None),
+                // A directory replaced by a non-directory (or the reverse) meanwhile.
+                Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if fstat(&*fd)?.st_ino != st.st_ino {
+                continue;
+            }
+            let (dir_fd_of, own_fd) = if kind == FileKind::Dir { (Some(fd), None) } else { (None, Some(fd)) };
+            let handle = PlainHandle { dir_fd: dir_fd_of, own_fd, parent: dir_fd.clone(), name: name.into() };
+            return Ok(Some(Handle::Plain(handle)));
+        }
+        // Changing faster than it can be looked up: report it as busy rather than guess.
+        Err(Errno::EBUSY.into())
     }
 
     fn attr(&self, object: &Handle) -> Result<Attr> {
@@ -233,7 +251,12 @@ impl Layer for PlainLayer {
                 Some(Type::CharacterDevice) => FileKind::CharDev,
                 Some(Type::Fifo) => FileKind::Fifo,
                 Some(Type::Socket) => FileKind::Socket,
-                None => kind_of(fstatat(dir_fd, OsStr::from_bytes(name), AtFlags::AT_SYMLINK_NOFOLLOW)?.st_mode)?,
+                None => match fstatat(dir_fd, OsStr::from_bytes(name), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) => kind_of(st.st_mode)?,
+                    // Removed since the directory was read (writable layers only).
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                },
             };
             out.push(RawEntry { name: name.into(), ino: entry.ino(), kind });
         }
