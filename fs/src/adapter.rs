@@ -44,6 +44,8 @@ pub struct OverlayFs {
     pub(crate) backing_of_handle: dashmap::DashMap<u64, std::sync::Arc<fuser::BackingId>>,
     /// Open handles served through the page cache, per node.
     pub(crate) cached: crate::io_mode::CachedOpens,
+    /// The kernel accepted FUSE_NO_OPEN_SUPPORT (read-only mounts).
+    no_open: std::sync::atomic::AtomicBool,
 }
 
 thread_local! {
@@ -76,6 +78,7 @@ impl OverlayFs {
             backing: dashmap::DashMap::new(),
             backing_of_handle: dashmap::DashMap::new(),
             cached: crate::io_mode::CachedOpens::default(),
+            no_open: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -120,7 +123,17 @@ impl OverlayFs {
     }
 
     fn read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
-        let Some(file) = self.files.get(fh.0) else { return reply.error(Errno::EBADF) };
+        // Handle 0: a read-only mount told the kernel it needs no OPEN; read from the node.
+        let file = match fh.0 {
+            0 => match self.node(ino).and_then(|n| self.stack.open(&n)) {
+                Ok(reader) => std::sync::Arc::new(OpenFile::Lower(reader)),
+                Err(e) => return reply.error(fail("read", &e)),
+            },
+            fh => match self.files.get(fh) {
+                Some(f) => f,
+                None => return reply.error(Errno::EBADF),
+            },
+        };
         let done = READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.resize((size as usize).min(MAX_READ), 0);
@@ -150,7 +163,13 @@ impl Filesystem for OverlayFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_MAX_PAGES;
+        // Read-only: files need no OPEN/RELEASE round trips (open answers ENOSYS, which the
+        // kernel then takes as success for every file, keeping their page cache).
+        let wanted = if self.stack.writable() { wanted } else { wanted | InitFlags::FUSE_NO_OPEN_SUPPORT };
         let _ = config.add_capabilities(wanted & config.capabilities());
+        if !self.stack.writable() && config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT) {
+            self.no_open.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = config.set_max_readahead(MAX_READ as u32);
         // Upper files are real files on a local filesystem: let the kernel do their I/O
         // (needs CAP_SYS_ADMIN in the initial namespace, i.e. rootful, and Linux 6.9+).
@@ -203,6 +222,13 @@ impl Filesystem for OverlayFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if !self.stack.writable() && !write && self.no_open.load(std::sync::atomic::Ordering::Relaxed) {
+            // Check the node still resolves to a file, then let the kernel skip opens.
+            return match self.node(ino).and_then(|n| self.stack.open(&n)) {
+                Ok(_) => reply.error(Errno::ENOSYS),
+                Err(e) => reply.error(fail("open", &e)),
+            };
+        }
         match self.open_file(ino, write, flags.0 & libc::O_TRUNC != 0) {
             Ok(OpenFile::Upper(file)) if self.passthrough.load(std::sync::atomic::Ordering::Relaxed) => {
                 self.open_passthrough(ino, file, reply)
