@@ -89,7 +89,10 @@ pub fn print(out: &mut impl Write, image: &Image, path: &Path) -> Result<()> {
     writeln!(out, "Filesystem is {}exportable via NFS", not(has(flags::EXPORTABLE)))?;
     writeln!(out, "Inodes are {}compressed", un(has(flags::UNCOMPRESSED_INODES)))?;
     writeln!(out, "Data is {}compressed", un(has(flags::UNCOMPRESSED_DATA)))?;
-    writeln!(out, "Uids/Gids (Id table) are {}compressed", un(has(flags::UNCOMPRESSED_IDS)))?;
+    // mksquashfs's -noI implies -noId without setting the NOID flag: the id table is stored
+    // uncompressed when either flag is set (unsquashfs -s tests both the same way).
+    let ids_uncompressed = has(flags::UNCOMPRESSED_INODES) || has(flags::UNCOMPRESSED_IDS);
+    writeln!(out, "Uids/Gids (Id table) are {}compressed", un(ids_uncompressed))?;
     if has(flags::NO_FRAGMENTS) {
         writeln!(out, "Fragments are not stored")?;
     } else {
