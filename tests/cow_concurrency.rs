@@ -43,6 +43,9 @@ const SHARED_SIZE: u64 = 4 << 20;
 const BLOCK: usize = 4096;
 const RO_FILES: u64 = 8;
 const DIR_FILES: u64 = 20;
+/// Small lower files in `many/`, each copied up by one writer while readers list the directory.
+const MANY: u64 = 256;
+const MANY_SIZE: u64 = 8192;
 /// The whole workload must finish within this (it takes a few seconds).
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -71,8 +74,12 @@ fn dir_file_tag(d: usize, f: u64) -> u64 {
     300 + d as u64 * 100 + f
 }
 
+fn many_tag(m: u64) -> u64 {
+    1000 + m
+}
+
 fn lower_tree(root: &Path) {
-    for d in ["files", "shared", "ro", "deep/a/b/c", "logs", "links", "moved"] {
+    for d in ["files", "shared", "ro", "deep/a/b/c", "logs", "links", "moved", "many"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     for t in 0..WRITERS {
@@ -95,6 +102,9 @@ fn lower_tree(root: &Path) {
         fs::write(root.join(format!("ro/r{r}")), old_content(ro_tag(r), 256 << 10)).unwrap();
     }
     fs::write(root.join("deep/a/b/c/lower"), b"lower\n").unwrap();
+    for m in 0..MANY {
+        fs::write(root.join(format!("many/m{m}")), old_content(many_tag(m), MANY_SIZE)).unwrap();
+    }
 }
 
 fn io<T>(what: &str, path: &Path, r: std::io::Result<T>) -> Result<T, String> {
@@ -112,7 +122,22 @@ fn writer(root: &Path, epoch: u64, t: usize) -> Result<(), String> {
     let blocks = |size: u64| size / BLOCK as u64;
     for round in 0..ROUNDS {
         let value = 0x80 | (round % 128) as u8;
-        match rng.gen_range(0..10) {
+        match rng.gen_range(0..12) {
+            10 | 11 => {
+                // Copy-up of one of this writer's small files while readers list `many/`;
+                // then read-your-writes through a fresh open.
+                let m = rng.gen_range(0..MANY / WRITERS as u64) * WRITERS as u64 + t as u64;
+                let (p, b) = (root.join(format!("many/m{m}")), rng.gen_range(0..blocks(MANY_SIZE)));
+                pwrite(&p, false, b * BLOCK as u64, value)?;
+                let back = read_all(&p)?.ok_or_else(|| format!("{} vanished", p.display()))?;
+                if back[b as usize * BLOCK] != value {
+                    return Err(format!(
+                        "{}: a read after the write shows {:#x}, not {value:#x}",
+                        p.display(),
+                        back[b as usize * BLOCK]
+                    ));
+                }
+            }
             0 | 1 => {
                 let b = rng.gen_range(0..blocks(OWN_SIZE));
                 pwrite(&root.join(format!("files/f{t}")), false, b * BLOCK as u64, value)?;
@@ -221,7 +246,23 @@ fn reader(root: &Path, r: usize, done: &AtomicBool) -> Result<u64, String> {
                 check_written(&p, shared_tag(s), &data)?;
             }
             3 => {
-                let d = root.join("deep/a/b/c");
+                // Listings of directories whose entries are being copied up or created (with
+                // readdirplus the kernel learns nodes from these too).
+                let dirs = [
+                    "deep/a/b/c",
+                    "files",
+                    "shared",
+                    "deep/a/b",
+                    "deep/a",
+                    "deep",
+                    "",
+                    "dirs",
+                    "moved",
+                    "links",
+                    "many",
+                    "many",
+                ];
+                let d = root.join(dirs[rng.gen_range(0..dirs.len())]);
                 for e in io("readdir", &d, fs::read_dir(&d))? {
                     let e = io("readdir", &d, e)?;
                     match fs::symlink_metadata(e.path()) {

@@ -76,7 +76,15 @@ impl NodeTable {
                 // object before the kernel's FORGET of the old one arrived.
                 let slot = o.get_mut();
                 slot.lookups += 1;
-                slot.node = node.clone();
+                // A node without an upper copy tells nothing new about an object already held
+                // (lower objects never change): it may come from a lookup that ran while a
+                // copy-up through the held node was in flight (a readdirplus racing a
+                // write-open), and storing it would drop that copy — later opens then read the
+                // lower file. So only a node with an upper copy (a copy-up done elsewhere, or
+                // a new upper object that took a reused number) or of another kind replaces it.
+                if node.in_upper() || slot.node.kind != node.kind {
+                    slot.node = node.clone();
+                }
                 let old = slot.parent;
                 if slot.parent != parent || *slot.name != *name {
                     slot.parent = parent;
@@ -292,6 +300,34 @@ mod tests {
         assert!(table.get(d1.ino).is_some(), "d1 still has a lookup");
         table.forget(d1.ino, 1);
         assert!(table.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_lookup_that_raced_a_copy_up_does_not_replace_the_copy() {
+        let (dir, lower) = stack("copyup");
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        // The lower is `dir` itself (its upper/work subdirs are just more lower entries).
+        drop(lower);
+        let stack = Stack::new(vec![Box::new(PlainLayer::open(&dir).unwrap())])
+            .unwrap()
+            .with_upper(parallaxfs_overlay::Upper::open(&upper, &work, true).unwrap());
+        let root = stack.root().unwrap();
+        let d1 = stack.lookup(&root, b"d1").unwrap();
+        let held = stack.lookup(&d1, b"f").unwrap();
+        let raced = stack.lookup(&d1, b"f").unwrap();
+        let table = NodeTable::new(root.clone());
+        table.remember(&d1, ROOT_ID, b"d1");
+        table.remember(&held, d1.ino, b"f");
+        stack
+            .copy_up(&[(Box::default(), root), (b"d1"[..].into(), d1.clone()), (b"f"[..].into(), held.clone())], true)
+            .unwrap();
+        // A readdirplus looked `f` up before the copy-up and answers after it.
+        assert!(!raced.in_upper());
+        table.remember(&raced, d1.ino, b"f");
+        assert!(table.get(held.ino).unwrap().in_upper(), "the held node keeps its upper copy");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
