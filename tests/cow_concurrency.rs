@@ -437,3 +437,78 @@ fn parallel_writers_and_readers_match_the_kernel_overlay() {
         );
     }
 }
+
+/// Writes into a lower directory while another thread renames it: `WRITERS` threads each open
+/// files of `race/dN` for writing (a copy-up each) and write a marker, while the main thread
+/// moves `race/dN` to `race-moved/dN` (a subtree copy in parallaxfs, a redirect in the kernel).
+/// A write that succeeded must be in the file at its new place, as it is with the kernel
+/// overlay, where the rename moves the very files that were written.
+fn writes_survive_renames(root: &Path, dirs: usize, files: u64) -> Result<usize, String> {
+    let mut kept = 0;
+    for d in 0..dirs {
+        let done = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|t| {
+                let (root, done) = (root.to_path_buf(), done.clone());
+                std::thread::spawn(move || {
+                    let mut written = Vec::new();
+                    for f in (0..files).filter(|f| f % WRITERS as u64 == t as u64) {
+                        if done.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let p = root.join(format!("race/d{d}/x{f}"));
+                        let Ok(file) = OpenOptions::new().write(true).open(&p) else { continue };
+                        if file.write_all_at(&[0xA5; 64], 0).is_ok() {
+                            written.push(f);
+                        }
+                    }
+                    written
+                })
+            })
+            .collect();
+        // Let the writers start, then move the directory under them.
+        std::thread::sleep(Duration::from_millis(2));
+        let (from, to) = (root.join(format!("race/d{d}")), root.join(format!("race-moved/d{d}")));
+        io("rename", &from, fs::rename(&from, &to))?;
+        done.store(true, Ordering::Relaxed);
+        for w in writers {
+            for f in w.join().map_err(|_| "writer panicked".to_string())? {
+                let p = to.join(format!("x{f}"));
+                let data = read_all(&p)?.ok_or_else(|| format!("{} missing after the rename", p.display()))?;
+                if data[..64] != [0xA5; 64] {
+                    return Err(format!("{}: a write that succeeded before the rename is lost", p.display()));
+                }
+                kept += 1;
+            }
+        }
+    }
+    Ok(kept)
+}
+
+#[test]
+fn writes_into_a_lower_directory_being_renamed_are_kept() {
+    const DIRS: usize = 12;
+    const FILES: u64 = 400;
+    let scratch = Scratch::new("cow-rename-race");
+    let mut g = Guard::default();
+    let tree = scratch.dir("tree");
+    for d in 0..DIRS {
+        fs::create_dir_all(tree.join(format!("race/d{d}"))).unwrap();
+        for f in 0..FILES {
+            fs::write(tree.join(format!("race/d{d}/x{f}")), old_content(many_tag(f), 4096)).unwrap();
+        }
+    }
+    fs::create_dir_all(tree.join("race-moved")).unwrap();
+    let image = scratch.0.join("lower.squash");
+    run(Command::new("mksquashfs").arg(&tree).arg(&image).args(["-noappend", "-quiet", "-comp", "zstd"]));
+    let klower = scratch.dir("kernel-lower");
+    g.mount_squashfs(&image, &klower);
+    let k = dirs(&scratch, "kernel");
+    g.mount_kernel(&klower, &k.upper, &k.work, &k.mp);
+    let kernel_kept = writes_survive_renames(&k.mp, DIRS, FILES).unwrap_or_else(|e| panic!("kernel overlay: {e}"));
+    let p = dirs(&scratch, "pfs");
+    let d = g.mount_pfs(&image, &p.upper, &p.work, &p.mp);
+    let kept = writes_survive_renames(&p.mp, DIRS, FILES).unwrap_or_else(|e| panic!("parallaxfs: {e}"));
+    g.unmount_pfs(d);
+    println!("{DIRS} renames under writers: {kept} writes kept (kernel overlay: {kernel_kept})");
+}

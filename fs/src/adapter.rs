@@ -511,14 +511,20 @@ impl Filesystem for OverlayFs {
         _pos: u32,
         reply: ReplyEmpty,
     ) {
-        match self.chain(ino).and_then(|c| self.stack.set_xattr(&c, name.as_bytes(), value, flags)) {
+        let changes = self.stack.changes(false);
+        let done = self.chain(ino).and_then(|c| self.stack.set_xattr(&c, name.as_bytes(), value, flags));
+        drop(changes);
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("setxattr", &e)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.chain(ino).and_then(|c| self.stack.remove_xattr(&c, name.as_bytes())) {
+        let changes = self.stack.changes(false);
+        let done = self.chain(ino).and_then(|c| self.stack.remove_xattr(&c, name.as_bytes()));
+        drop(changes);
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("removexattr", &e)),
         }

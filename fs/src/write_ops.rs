@@ -42,6 +42,7 @@ impl OverlayFs {
             if !self.stack.writable() {
                 return Err(Error::ReadOnly);
             }
+            let _changes = self.stack.changes(false);
             let chain = self.chain(ino)?;
             return Ok(OpenFile::Upper(self.stack.open_write(&chain, truncate)?));
         }
@@ -53,6 +54,7 @@ impl OverlayFs {
     }
 
     pub(crate) fn set_attr(&self, ino: INodeNo, set: &SetAttr, fh: Option<FileHandle>) -> Result<FileAttr, Error> {
+        let _changes = self.stack.changes(false);
         let chain = self.chain(ino)?;
         let file = fh.and_then(|fh| self.files.get(fh.0));
         let upper_file = file.as_deref().and_then(OpenFile::upper);
@@ -73,12 +75,14 @@ impl OverlayFs {
         what: NewObject<'_>,
         reply: ReplyEntry,
     ) {
+        let changes = self.stack.changes(false);
         let made = self.chain(parent).and_then(|chain| {
             let (node, _) = self.stack.create(&chain, name.as_bytes(), mode, what, Self::caller(req, umask))?;
             let attr = file_attr(&self.stack.attr(&node)?);
             self.nodes.renew(node.ino);
             Ok((attr, self.nodes.remember(&node, parent.0, name.as_bytes())))
         });
+        drop(changes);
         match made {
             Ok((attr, generation)) => reply.entry(&self.ttl, &attr, Generation(generation)),
             Err(e) => reply.error(fail("create", &e)),
@@ -93,6 +97,7 @@ impl OverlayFs {
         mode: u32,
         umask: u32,
     ) -> Result<(FileAttr, u64, u64), Error> {
+        let _changes = self.stack.changes(false);
         let chain = self.chain(parent)?;
         let (node, file) = self.stack.create(&chain, name, mode, NewObject::File, Self::caller(req, umask))?;
         let file = match file {
@@ -143,11 +148,35 @@ impl OverlayFs {
     }
 
     pub(crate) fn remove(&self, parent: INodeNo, name: &[u8], is_dir: bool) -> Result<(), Error> {
+        let _changes = self.stack.changes(false);
         let chain = self.chain(parent)?;
         self.stack.remove(&chain, name, is_dir)
     }
 
     pub(crate) fn rename_entry(
+        &self,
+        parent: INodeNo,
+        name: &[u8],
+        new_parent: INodeNo,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), Error> {
+        // A lower directory moves by copy: nothing else may change meanwhile. Decided before
+        // the lock and checked again under it (the name may have changed in between).
+        let by_copy = |s: &Self| s.node(parent).is_ok_and(|dir| s.stack.renames_by_copy(&dir, name, flags));
+        let mut exclusive = by_copy(self);
+        loop {
+            let changes = self.stack.changes(exclusive);
+            if !exclusive && by_copy(self) {
+                drop(changes);
+                exclusive = true;
+                continue;
+            }
+            return self.rename_locked(parent, name, new_parent, new_name, flags);
+        }
+    }
+
+    fn rename_locked(
         &self,
         parent: INodeNo,
         name: &[u8],
@@ -198,6 +227,7 @@ impl OverlayFs {
         new_parent: INodeNo,
         new_name: &[u8],
     ) -> Result<(FileAttr, u64), Error> {
+        let _changes = self.stack.changes(false);
         let source = self.chain(ino)?;
         let dir = self.chain(new_parent)?;
         let node = self.stack.link(&source, &dir, new_name)?;

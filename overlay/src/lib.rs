@@ -32,6 +32,6 @@ pub use copy_up::{Chain, ChainBuf};
 pub use error::{Error, Result};
 pub use layer::{FileReader, Handle, Layer, PlainLayer, RawEntry, SquashLayer, StatFs};
 pub use parallaxfs_squash as squash;
-pub use stack::{DirItem, Node, Stack, StackOptions, NAME_MAX};
+pub use stack::{ChangeGuard, DirItem, Node, Stack, StackOptions, NAME_MAX};
 pub use upper::{Upper, WhiteoutFormat};
 pub use write::{Caller, NewObject, SetAttr};

@@ -102,6 +102,22 @@ pub struct Stack {
     pub(crate) options: StackOptions,
     /// Striped locks serializing copy-ups of one object.
     pub(crate) copy_locks: Box<[std::sync::Mutex<()>]>,
+    /// Changes to the union vs. the subtree-copy rename of a lower directory (see
+    /// [`Stack::changes`]).
+    tree_lock: std::sync::RwLock<()>,
+}
+
+/// Held while a change is made to the union: shared by ordinary changes, exclusive for the
+/// rename of a lower or merged directory (overlay_semantics.md §4 "The subtree is locked
+/// against changes during the copy"). That rename copies the merged tree and then hides the
+/// source; a copy-up or create inside the source meanwhile would land in the hidden copy and
+/// be lost, although the write that caused it succeeded.
+#[derive(Debug)]
+pub enum ChangeGuard<'a> {
+    /// Any change but a lower-directory rename.
+    Shared(std::sync::RwLockReadGuard<'a, ()>),
+    /// A lower-directory rename: no other change runs.
+    Exclusive(std::sync::RwLockWriteGuard<'a, ()>),
 }
 
 impl Stack {
@@ -116,13 +132,34 @@ impl Stack {
             return Err(Error::BadLayer { path: String::new(), reason: "no lower layer given".into() });
         }
         let copy_locks = (0..64).map(|_| std::sync::Mutex::new(())).collect();
-        Ok(Stack { lowers, upper: None, numbers: InodeNumbers::default(), options, copy_locks })
+        let tree_lock = std::sync::RwLock::new(());
+        Ok(Stack { lowers, upper: None, numbers: InodeNumbers::default(), options, copy_locks, tree_lock })
     }
 
     /// Adds a writable upper layer: the union becomes copy-on-write.
     pub fn with_upper(mut self, upper: Upper) -> Stack {
         self.upper = Some(upper);
         self
+    }
+
+    /// Takes the change lock: exclusive for a lower-directory rename (see
+    /// [`Stack::renames_by_copy`]), else shared. Callers take it *before* resolving the nodes
+    /// the change is about, so a change that waited for a rename sees where things moved; the
+    /// union's methods never take it themselves (a shared lock taken twice by one thread can
+    /// deadlock behind a waiting writer).
+    pub fn changes(&self, exclusive: bool) -> ChangeGuard<'_> {
+        if exclusive {
+            ChangeGuard::Exclusive(self.tree_lock.write().unwrap_or_else(|p| p.into_inner()))
+        } else {
+            ChangeGuard::Shared(self.tree_lock.read().unwrap_or_else(|p| p.into_inner()))
+        }
+    }
+
+    /// True when renaming `name` in `dir` copies a merged tree (a lower or merged directory,
+    /// not exchanged): such a rename needs the change lock exclusively.
+    pub fn renames_by_copy(&self, dir: &Node, name: &[u8], flags: u32) -> bool {
+        flags & libc::RENAME_EXCHANGE == 0
+            && self.lookup(dir, name).is_ok_and(|n| n.kind == FileKind::Dir && !n.lowers().is_empty())
     }
 
     /// The upper layer, or EROFS.
