@@ -486,7 +486,7 @@ fn writes_survive_renames(root: &Path, dirs: usize, files: u64) -> Result<usize,
 }
 
 #[test]
-fn writes_into_a_lower_directory_being_renamed_are_kept() {
+fn writes_racing_renames_and_unlinks_of_lower_objects_behave_as_on_the_kernel_overlay() {
     const DIRS: usize = 12;
     const FILES: u64 = 400;
     let scratch = Scratch::new("cow-rename-race");
@@ -509,6 +509,43 @@ fn writes_into_a_lower_directory_being_renamed_are_kept() {
     let p = dirs(&scratch, "pfs");
     let d = g.mount_pfs(&image, &p.upper, &p.work, &p.mp);
     let kept = writes_survive_renames(&p.mp, DIRS, FILES).unwrap_or_else(|e| panic!("parallaxfs: {e}"));
-    g.unmount_pfs(d);
     println!("{DIRS} renames under writers: {kept} writes kept (kernel overlay: {kernel_kept})");
+    // The moved trees are upper copies now; the next race needs lower files again.
+    g.unmount_pfs(d);
+    let p = dirs(&scratch, "pfs2");
+    let d = g.mount_pfs(&image, &p.upper, &p.work, &p.mp);
+    let opened = unlinked_names_stay_gone(&p.mp, 0, FILES).unwrap_or_else(|e| panic!("parallaxfs: {e}"));
+    g.unmount_pfs(d);
+    // `.wh.` mode: the unlink writes a marker, then removes the name; the copy-up checks both.
+    let p = dirs(&scratch, "pfs3");
+    let d = g.mount_pfs_env(&image, &p.upper, &p.work, &p.mp, &[("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", "1")]);
+    let opened_aufs =
+        unlinked_names_stay_gone(&p.mp, 1, FILES).unwrap_or_else(|e| panic!("parallaxfs, .wh. mode: {e}"));
+    g.unmount_pfs(d);
+    let k = dirs(&scratch, "kernel2");
+    g.mount_kernel(&klower, &k.upper, &k.work, &k.mp);
+    let kernel_opened = unlinked_names_stay_gone(&k.mp, 0, FILES).unwrap_or_else(|e| panic!("kernel overlay: {e}"));
+    println!(
+        "{FILES} unlinks racing write-opens: none came back ({opened} opens won, {opened_aufs} in .wh. mode; kernel overlay: {kernel_opened})"
+    );
+}
+
+/// Write-opens racing unlinks of the same lower files: a copy-up that loses the race must not
+/// bring the name back (the unlink returned 0, so the name stays gone, as with the kernel).
+fn unlinked_names_stay_gone(root: &Path, dir: usize, files: u64) -> Result<usize, String> {
+    let mut raced = 0;
+    for f in 0..files {
+        let p = root.join(format!("race/d{dir}/x{f}"));
+        let opener = {
+            let p = p.clone();
+            std::thread::spawn(move || OpenOptions::new().write(true).open(&p).map(|file| file.write_all_at(b"w", 0)))
+        };
+        let unlinked = fs::remove_file(&p);
+        let opened = opener.join().map_err(|_| "opener panicked".to_string())?;
+        raced += usize::from(opened.is_ok());
+        if unlinked.is_ok() && fs::symlink_metadata(&p).is_ok() {
+            return Err(format!("{}: unlinked, yet there again after a racing write-open", p.display()));
+        }
+    }
+    Ok(raced)
 }

@@ -223,7 +223,7 @@ impl Stack {
                     let built = set_owner_mode(w, t, &attr)
                         .and_then(|()| self.copy_xattrs(lower.layer, &lower.handle, w, t))
                         .and_then(|()| set_times(w, t, &attr))
-                        .and_then(|()| upper.place(&tmp, pfd.as_fd(), name));
+                        .and_then(|()| upper.place_copy(&tmp, pfd.as_fd(), name));
                     upper.discard_on_error(&tmp, built)?;
                 }
             }
@@ -258,12 +258,18 @@ impl Stack {
         let keep = KeepTimes::new(pfd.as_fd());
         let built = self
             .build_copy(*layer, handle, upper.work_fd(), &tmp, data)
-            .and_then(|()| upper.place(&tmp, pfd.as_fd(), name));
-        upper.discard_on_error(&tmp, built)?;
+            .and_then(|()| upper.place_copy(&tmp, pfd.as_fd(), name));
+        // EEXIST: copied up meanwhile through another node of the same object (whose copy
+        // already has its number): adopt that copy.
+        let adopted = match upper.discard_on_error(&tmp, built) {
+            Err(Error::Io(e)) if e.raw_os_error() == Some(libc::EEXIST) => true,
+            other => other.map(|()| false)?,
+        };
         keep.restore();
         let up = upper.layer.lookup(&parent.handle, name)?.ok_or(Error::NotFound)?;
-        let upper_ino = upper.layer.attr(&up)?.ino;
-        upper.numbers.insert(upper_ino, node.ino);
+        if !adopted {
+            upper.numbers.insert(upper.layer.attr(&up)?.ino, node.ino);
+        }
         let _ = node.upper.set(LayerDir { layer: UPPER, handle: up, mark: DirMark::Transparent });
         Ok(())
     }

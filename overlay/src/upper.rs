@@ -156,6 +156,48 @@ impl Upper {
         self.remove_aufs_whiteout(dir, name)
     }
 
+    /// Moves the copy-up `work/tmp` to `dir/name`, where nothing may stand — not even a
+    /// whiteout: a copy-up starts while its object is visible, but an unlink or rename of the
+    /// name may finish before it (the kernel orders neither against an open for writing), and
+    /// placing the copy over that whiteout would bring the deleted name back. Then: ENOENT,
+    /// and `work/tmp` is left for the caller to discard.
+    pub fn place_copy(&self, tmp: &CString, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        let n = OsStr::from_bytes(name);
+        let wh = aufs_name(name);
+        let marked = |wh: &Option<std::ffi::OsString>| -> Result<bool> {
+            let Some(wh) = wh else { return Ok(false) };
+            match fstatat(dir, wh.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(_) => Ok(true),
+                Err(Errno::ENOENT) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if marked(&wh)? {
+            return Err(Error::NotFound);
+        }
+        match renameat2(&self.work, tmp.as_c_str(), dir, n, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                return match fstatat(dir, n, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) if is_char_whiteout(&st) => Err(Error::NotFound),
+                    _ => Err(Errno::EEXIST.into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // `.wh.` mode: an unlink writes its marker first, then removes the name if it finds
+        // it. A marker that appeared since the check above means the unlink ran in between
+        // and may have found nothing to remove: take the copy back out.
+        if marked(&wh)? {
+            match renameat2(dir, n, &self.work, tmp.as_c_str(), RenameFlags::RENAME_NOREPLACE) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Err(Error::NotFound);
+        }
+        Ok(())
+    }
+
     /// Removes `.wh.NAME` from `dir` if present.
     pub fn remove_aufs_whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
         let Some(wh) = aufs_name(name) else { return Ok(()) };
