@@ -1,6 +1,7 @@
 //! Helpers shared by the copy-on-write stress tests (`cow_crash.rs`, `cow_concurrency.rs`):
-//! a scratch directory, parallaxfs daemons run in the foreground (so the test owns their pid
-//! and can SIGKILL and reap them), kernel overlay mounts, a guard that unmounts everything and
+//! a scratch directory, parallaxfs daemons run in the foreground (so the test is their parent:
+//! it can SIGKILL and reap them, and no orphan is left for a PID 1 that may not reap), kernel
+//! overlay mounts, a guard that unmounts everything and
 //! kills every daemon it started also when a test panics, and tree walks that describe what a
 //! mount shows (type, mode, size, content hash, link target, user xattrs).
 #![allow(dead_code, reason = "each test file uses its own subset")]
@@ -67,15 +68,6 @@ pub fn is_mounted(mp: &Path) -> bool {
         .unwrap_or_default()
         .split(|&b| b == b'\n')
         .any(|l| l.split(|&b| b == b' ').nth(4) == Some(want))
-}
-
-/// True while process `pid` exists and is not a zombie (the PID 1 of these machines does not
-/// reap orphans, so a zombie counts as gone).
-pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(s) => !s.lines().any(|l| l.starts_with("State:") && (l.contains("Z (zombie)") || l.contains("X (dead)"))),
-        Err(_) => false,
-    }
 }
 
 /// A parallaxfs daemon in the foreground (`-f`): the test is its parent.
