@@ -211,33 +211,56 @@ impl Upper {
     /// is swapped out atomically in char mode and then removed with everything below it.
     pub fn whiteout(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
         let n = OsStr::from_bytes(name);
-        let exists = match fstatat(dir, n, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if is_char_whiteout(&st) => return Ok(()),
-            Ok(_) => true,
-            Err(Errno::ENOENT) => false,
-            Err(e) => return Err(e.into()),
-        };
-        let tmp = self.temp_name();
-        match (self.format, exists) {
-            (WhiteoutFormat::CharDevice, true) => {
-                mknodat(&self.work, tmp.as_c_str(), SFlag::S_IFCHR, Mode::empty(), 0)?;
-                if let Err(e) = renameat2(&self.work, tmp.as_c_str(), dir, n, RenameFlags::RENAME_EXCHANGE) {
-                    let _ = unlinkat(&self.work, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
-                    return Err(e.into());
-                }
-                self.remove_tree_in_work(&tmp)
-            }
-            (WhiteoutFormat::CharDevice, false) => Ok(mknodat(dir, n, SFlag::S_IFCHR, Mode::empty(), 0)?),
-            (WhiteoutFormat::AufsFile, _) => {
-                // The marker first; then the object goes.
+        // Names too long for `.wh.` take a char 0/0 in either mode (ENAMETOOLONG if mknod is
+        // refused): a removal never silently leaves the lower entry visible.
+        let char_mode = self.format == WhiteoutFormat::CharDevice || aufs_name(name).is_none();
+        // A write-open may be copying the name up meanwhile (the kernel orders it against
+        // neither unlink nor rename): where the name appeared or went since it was looked at,
+        // look again.
+        for _ in 0..8 {
+            let exists = match fstatat(dir, n, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_char_whiteout(&st) => return Ok(()),
+                Ok(_) => true,
+                Err(Errno::ENOENT) => false,
+                Err(e) => return Err(e.into()),
+            };
+            let tmp = self.temp_name();
+            if !char_mode {
+                // The marker first, then the object goes — looked for only now: a copy placed
+                // before the marker is found here, one placed after it sees the marker and
+                // takes itself back (`place_copy`).
                 self.aufs_marker(dir, name)?;
-                if exists {
-                    renameat2(dir, n, &self.work, tmp.as_c_str(), RenameFlags::empty())?;
-                    self.remove_tree_in_work(&tmp)?;
+                return match renameat2(dir, n, &self.work, tmp.as_c_str(), RenameFlags::empty()) {
+                    Ok(()) => self.remove_tree_in_work(&tmp),
+                    Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            if !exists {
+                match mknodat(dir, n, SFlag::S_IFCHR, Mode::empty(), 0) {
+                    Ok(()) => return Ok(()),
+                    Err(Errno::EEXIST) => continue,
+                    Err(Errno::EPERM) if self.format == WhiteoutFormat::AufsFile => return Err(Error::NameTooLong),
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(())
+            }
+            match mknodat(&self.work, tmp.as_c_str(), SFlag::S_IFCHR, Mode::empty(), 0) {
+                Ok(()) => {}
+                Err(Errno::EPERM) if self.format == WhiteoutFormat::AufsFile => return Err(Error::NameTooLong),
+                Err(e) => return Err(e.into()),
+            }
+            match renameat2(&self.work, tmp.as_c_str(), dir, n, RenameFlags::RENAME_EXCHANGE) {
+                Ok(()) => return self.remove_tree_in_work(&tmp),
+                Err(e) => {
+                    let _ = unlinkat(&self.work, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
+                    if e != Errno::ENOENT {
+                        return Err(e.into());
+                    }
+                }
             }
         }
+        // The name keeps changing under us: report it busy rather than guess.
+        Err(Errno::EBUSY.into())
     }
 
     /// Creates the `.wh.NAME` marker (`.wh.` mode). Names too long for the prefix get a char

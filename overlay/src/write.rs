@@ -294,7 +294,8 @@ impl Stack {
             upper.set_opaque(sub.as_fd())?;
         }
         self.clear_target(dfd.as_fd(), new_name)?;
-        let char_mode = upper.whiteout_format() == WhiteoutFormat::CharDevice;
+        // A name too long for a `.wh.` marker takes a char 0/0 whiteout in either mode.
+        let char_mode = upper.whiteout_format() == WhiteoutFormat::CharDevice || name.len() + 4 > NAME_MAX;
         if src_below && !char_mode {
             // `.wh.` mode: the marker first; until the rename the source stays visible (OCI).
             upper.aufs_marker(sfd.as_fd(), name)?;
@@ -303,7 +304,13 @@ impl Stack {
         let atomic = src_below && char_mode && src.kind != FileKind::Dir;
         let rflags = if atomic { RenameFlags::RENAME_WHITEOUT } else { RenameFlags::empty() };
         upper.forget(dfd.as_fd(), new_name);
-        renameat2(&sfd, OsStr::from_bytes(name), &dfd, dst_name, rflags)?;
+        match renameat2(&sfd, OsStr::from_bytes(name), &dfd, dst_name, rflags) {
+            // RENAME_WHITEOUT needs mknod, which `.wh.` mode mounts were refused.
+            Err(Errno::EPERM) if atomic && upper.whiteout_format() == WhiteoutFormat::AufsFile => {
+                return Err(Error::NameTooLong)
+            }
+            r => r?,
+        }
         if src_below && char_mode && !atomic {
             upper.whiteout(sfd.as_fd(), name)?;
         }
