@@ -267,6 +267,10 @@ impl Stack {
         };
         keep.restore();
         let up = upper.layer.lookup(&parent.handle, name)?.ok_or(Error::NotFound)?;
+        if adopted && upper.layer.kind(&up)? != node.kind {
+            // Not a copy of this object: the name was removed and made anew meanwhile.
+            return Err(Error::NotFound);
+        }
         if !adopted {
             upper.numbers.insert(upper.layer.attr(&up)?.ino, node.ino);
         }
