@@ -173,13 +173,19 @@ fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
     Ok(())
 }
 
-/// Every upper file the kernel knows holds an `O_PATH` fd: allow as many as the hard limit.
+/// Every upper file the kernel knows holds an `O_PATH` fd until the kernel forgets it: allow
+/// as many as the system does (`fs.nr_open`; root may raise the hard limit), else the hard
+/// limit. A low limit would make creating many files in a container fail with EMFILE.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let nr_open: u64 =
+        std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(hard);
+    if nr_open > hard && setrlimit(Resource::RLIMIT_NOFILE, nr_open, nr_open).is_ok() {
+        return;
+    }
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

@@ -63,12 +63,9 @@ pub(crate) struct UpperRef<'a> {
 impl UpperRef<'_> {
     pub(crate) fn of(handle: &Handle, kind: FileKind) -> Result<UpperRef<'_>> {
         match handle {
-            Handle::Plain(p) => Ok(UpperRef {
-                own: p.own_fd().map(|f| &**f),
-                symlink: kind == FileKind::Symlink,
-                dir: p.parent_fd(),
-                name: p.name(),
-            }),
+            Handle::Plain(p) => {
+                Ok(UpperRef { own: p.own_fd(), symlink: kind == FileKind::Symlink, dir: p.parent_fd(), name: p.name() })
+            }
             Handle::Squash(_) => Err(Errno::EINVAL.into()),
         }
     }

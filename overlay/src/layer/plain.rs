@@ -26,7 +26,7 @@ pub struct PlainHandle {
     dir_fd: Option<Arc<OwnedFd>>,
     /// `O_PATH` fd of a non-directory object of a writable layer: it keeps
     /// reaching the inode whatever happens to the name (hard links, renames, unlink).
-    own_fd: Option<Arc<OwnedFd>>,
+    own_fd: Option<Arc<Pin>>,
     parent: Arc<OwnedFd>,
     name: Box<[u8]>,
 }
@@ -43,13 +43,43 @@ impl PlainHandle {
     }
 
     /// The object's own `O_PATH` fd (writable layers; not for directories).
-    pub(crate) fn own_fd(&self) -> Option<&Arc<OwnedFd>> {
-        self.own_fd.as_ref()
+    pub(crate) fn own_fd(&self) -> Option<&OwnedFd> {
+        self.own_fd.as_deref().map(|p| &p.0)
     }
 
     /// The object's name in its parent.
     pub(crate) fn name(&self) -> &[u8] {
         &self.name
+    }
+}
+
+/// Pinned fds held now, and how many may be: half the fd limit, so that opens, copy-ups and
+/// directory fds always find room. Past it, leaves are reached by parent and name.
+static PINNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The `O_PATH` fd pinning one upper non-directory, counted against the budget.
+#[derive(Debug)]
+pub(crate) struct Pin(OwnedFd);
+
+impl Pin {
+    fn new(fd: OwnedFd) -> Pin {
+        PINNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Pin(fd)
+    }
+
+    fn available() -> bool {
+        static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let budget = *BUDGET.get_or_init(|| {
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(512, |(soft, _)| usize::try_from(soft / 2).unwrap_or(usize::MAX))
+        });
+        PINNED.load(std::sync::atomic::Ordering::Relaxed) < budget
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        PINNED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -103,7 +133,8 @@ impl PlainLayer {
 
     fn stat(&self, h: &PlainHandle) -> Result<FileStat> {
         Ok(match (&h.dir_fd, &h.own_fd) {
-            (Some(fd), _) | (None, Some(fd)) => fstat(fd)?,
+            (Some(fd), _) => fstat(fd)?,
+            (None, Some(pin)) => fstat(&pin.0)?,
             (None, None) => fstatat(&h.parent, OsStr::from_bytes(&h.name), AtFlags::AT_SYMLINK_NOFOLLOW)?,
         })
     }
@@ -196,23 +227,30 @@ impl Layer for PlainLayer {
             let kind = kind_of(st.st_mode)?;
             let flags = match kind {
                 FileKind::Dir => path_flags(),
-                _ if self.pin_leaves => OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                _ if self.pin_leaves && Pin::available() => OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 _ => {
                     let handle = PlainHandle { dir_fd: None, own_fd: None, parent: dir_fd.clone(), name: name.into() };
                     return Ok(Some(Handle::Plain(handle)));
                 }
             };
             let fd = match openat(dir_fd, n, flags, Mode::empty()) {
-                Ok(fd) => Arc::new(fd),
+                Ok(fd) => fd,
                 Err(Errno::ENOENT) => return Ok(None),
+                // Out of fds (a huge tree known to the kernel at once): a leaf is then reached
+                // by parent and name, which only loses the pin's hard-link precision.
+                Err(Errno::EMFILE | Errno::ENFILE) if kind != FileKind::Dir => {
+                    let handle = PlainHandle { dir_fd: None, own_fd: None, parent: dir_fd.clone(), name: name.into() };
+                    return Ok(Some(Handle::Plain(handle)));
+                }
                 // A directory replaced by a non-directory (or the reverse) meanwhile.
                 Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if fstat(&*fd)?.st_ino != st.st_ino {
+            if fstat(&fd)?.st_ino != st.st_ino {
                 continue;
             }
-            let (dir_fd_of, own_fd) = if kind == FileKind::Dir { (Some(fd), None) } else { (None, Some(fd)) };
+            let (dir_fd_of, own_fd) =
+                if kind == FileKind::Dir { (Some(Arc::new(fd)), None) } else { (None, Some(Arc::new(Pin::new(fd)))) };
             let handle = PlainHandle { dir_fd: dir_fd_of, own_fd, parent: dir_fd.clone(), name: name.into() };
             return Ok(Some(Handle::Plain(handle)));
         }
@@ -265,8 +303,8 @@ impl Layer for PlainLayer {
 
     fn read_link(&self, object: &Handle) -> Result<Vec<u8>> {
         let h = self.plain(object)?;
-        if let Some(fd) = &h.own_fd {
-            return Ok(readlinkat(fd, "")?.into_vec());
+        if let Some(pin) = &h.own_fd {
+            return Ok(readlinkat(&pin.0, "")?.into_vec());
         }
         Ok(readlinkat(&h.parent, OsStr::from_bytes(&h.name))?.into_vec())
     }
@@ -291,8 +329,8 @@ impl Layer for PlainLayer {
 
     fn open(&self, object: &Handle) -> Result<Box<dyn FileReader>> {
         let h = self.plain(object)?;
-        if let Some(fd) = &h.own_fd {
-            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Some(pin) = &h.own_fd {
+            let path = format!("/proc/self/fd/{}", pin.0.as_raw_fd());
             let fd = nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
             return Ok(Box::new(PlainFile(File::from(fd))));
         }
