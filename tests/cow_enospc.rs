@@ -47,7 +47,7 @@ fn full_upper_gives_enospc_and_loses_nothing() {
         drop(f);
         // A copy-up of a 6 MiB lower file cannot fit: the open fails with ENOSPC and the lower
         // file stays what the name shows.
-        let err = fs::OpenOptions::new().append(true).open(mnt.join("big")).err().expect("copy-up cannot fit");
+        let err = fs::OpenOptions::new().append(true).open(mnt.join("big")).expect_err("copy-up cannot fit");
         assert_eq!(errno(&err), libc::ENOSPC, "{err}");
         assert!(fs::read(mnt.join("big")).unwrap() == lower_big, "lower file intact through the mount");
         assert_eq!(fs::read_dir(small.join("w/work")).unwrap().count(), 0, "no half-built copy left in workdir");
