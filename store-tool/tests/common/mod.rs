@@ -329,6 +329,21 @@ pub fn walk(root: &Path) -> BTreeMap<String, Node> {
 /// A mount that is unmounted (lazily) on drop.
 pub struct Mounted(pub PathBuf);
 
+/// Podman bind-mounts its `overlay` directory on first use (and may leave container mounts):
+/// everything mounted below the store goes with it.
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let below = self.dir.path().to_string_lossy().into_owned();
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> =
+            info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&below)).collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
