@@ -190,15 +190,20 @@ impl Stack {
     }
 
     pub(crate) fn number(&self, layer: usize, handle: &Handle) -> Result<u64> {
-        let ino = self.layer(layer).attr(handle)?.ino;
+        Ok(self.number_of(layer, self.layer(layer).attr(handle)?.ino))
+    }
+
+    /// The union number of the object with layer-local number `ino` in `layer` (for a
+    /// directory, of its topmost layer directory: see [`Stack::dir_node`]).
+    fn number_of(&self, layer: usize, ino: u64) -> u64 {
         if layer == UPPER {
             if let Some(n) = self.upper.as_ref().and_then(|u| u.numbers.get(&ino).map(|n| *n)) {
-                return Ok(n);
+                return n;
             }
             // Upper number 1 would be the FUSE root id: give it an overflow number.
-            return Ok(self.numbers.compose(0, if ino == 1 { u64::MAX } else { ino }));
+            return self.numbers.compose(0, if ino == 1 { u64::MAX } else { ino });
         }
-        Ok(self.numbers.compose(lower_slot(layer), ino))
+        self.numbers.compose(lower_slot(layer), ino)
     }
 
     /// A directory node from its upper dir (if any) and lower dirs.
@@ -390,16 +395,17 @@ impl Stack {
                     whiteouts.push(e.name);
                     continue;
                 }
-                let ino = if d.layer == UPPER {
-                    // Upper numbers depend on copy-ups and, for directories, on the lowers
-                    // below: ask the one rule lookup uses.
+                let ino = if d.layer == UPPER && e.kind == FileKind::Dir {
+                    // An upper directory takes the number of a same-named lower directory
+                    // below it, if any: ask the one rule lookup uses.
                     match self.lookup(dir, &e.name) {
                         Ok(n) => n.ino,
                         Err(Error::NotFound) => continue,
                         Err(e) => return Err(e),
                     }
                 } else {
-                    self.numbers.compose(lower_slot(d.layer), e.ino)
+                    // The first occurrence of a non-directory is the object lookup finds.
+                    self.number_of(d.layer, e.ino)
                 };
                 seen.insert(e.name.clone(), ());
                 items.push(DirItem { name: e.name, ino, kind: e.kind });
