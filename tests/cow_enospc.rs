@@ -55,6 +55,16 @@ fn full_upper_gives_enospc_and_loses_nothing() {
         assert_eq!(fs::read(mnt.join("small")).unwrap(), b"lower small\n");
         // Space freed: writes work again.
         fs::remove_file(mnt.join("filler")).unwrap();
+        // FUSE sends RELEASE asynchronously after close(): the daemon closes its upper fd (and
+        // the space comes back) a moment after the last close, not within it.
+        let freed = (0..200).any(|_| {
+            let free = nix::sys::statvfs::statvfs(&small).map(|s| s.blocks_available()).unwrap_or(0);
+            free > 256 || {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+                false
+            }
+        });
+        assert!(freed, "the filler's space must come back once its handle is released");
         fs::OpenOptions::new().append(true).open(mnt.join("small")).unwrap().write_all(b"more\n").unwrap();
         assert_eq!(fs::read(mnt.join("small")).unwrap(), b"lower small\nmore\n");
     });
