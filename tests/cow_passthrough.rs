@@ -2,7 +2,8 @@
 //! offers it: reads and writes of an opened upper file go from the kernel to the upper file
 //! and never through the daemon. Measured from the daemon's own I/O counters
 //! (/proc/PID/io): without passthrough, every byte written crosses /dev/fuse into the daemon
-//! (rchar) and out to the upper file (wchar). Also with `volatile`.
+//! (rchar) and out to the upper file (wchar). Files opened and files created, also with
+//! `volatile`.
 
 use std::fs;
 use std::io::Write;
@@ -66,6 +67,18 @@ fn check(volatile: bool) {
             "the daemon moved {r} bytes in and {w} out: writes did not bypass it"
         );
         assert_eq!(fs::read(dir.join("upper/existing")).unwrap().len(), 32 * MIB, "data is in the upper file");
+        // A file made by the create itself: the handle the create returns is passthrough too.
+        let before = io_counters(&pid);
+        let mut f = fs::File::create(mnt.join("created")).unwrap();
+        for _ in 0..32 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f);
+        let after = io_counters(&pid);
+        let (r, w) = (after.0 - before.0, after.1 - before.1);
+        assert!(r < MIB as u64 && w < MIB as u64, "the daemon moved {r} bytes in and {w} out for a created file");
+        assert_eq!(fs::read(dir.join("upper/created")).unwrap().len(), 32 * MIB);
     });
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     let _ = fs::remove_dir_all(&dir);

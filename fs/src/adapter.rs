@@ -163,6 +163,9 @@ impl Filesystem for OverlayFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_MAX_PAGES;
+        // With an upper: we drop set-user/group-ID bits on write and truncate ourselves, and in
+        // return the kernel stops asking for security.capability before every write.
+        let wanted = if self.stack.writable() { wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2 } else { wanted };
         // Read-only: files need no OPEN/RELEASE round trips (open answers ENOSYS, which the
         // kernel then takes as success for every file, keeping their page cache).
         let wanted = if self.stack.writable() { wanted } else { wanted | InitFlags::FUSE_NO_OPEN_SUPPORT };
@@ -220,7 +223,7 @@ impl Filesystem for OverlayFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if !self.stack.writable() && !write && self.no_open.load(std::sync::atomic::Ordering::Relaxed) {
             // Check the node still resolves to a file, then let the kernel skip opens.
@@ -229,10 +232,26 @@ impl Filesystem for OverlayFs {
                 Err(e) => reply.error(fail("open", &e)),
             };
         }
+        let caller = (req.gid(), req.pid());
+        // A writer without CAP_FSETID (root stands for it) may have bits to drop on write.
+        let served = match write && req.uid() != 0 && self.stack.writable() {
+            true => self.must_serve_writes(ino, caller),
+            false => Ok(false),
+        };
+        let served = match served {
+            Ok(s) => s,
+            Err(e) => return reply.error(fail("open", &e)),
+        };
         match self.open_file(ino, write, flags.0 & libc::O_TRUNC != 0) {
-            Ok(OpenFile::Upper(file)) if self.passthrough.load(std::sync::atomic::Ordering::Relaxed) => {
-                self.open_passthrough(ino, file, reply)
+            Ok(OpenFile::Upper(file)) if served => {
+                let fh = self.files.insert(OpenFile::Upper(file));
+                self.cached.opened(fh, ino.0);
+                reply.opened(FileHandle(fh), FopenFlags::empty())
             }
+            Ok(OpenFile::Upper(file)) => match self.keep_upper(ino.0, file, |f| reply.open_backing(f)) {
+                (fh, Some(backing)) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
+                (fh, None) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            },
             Ok(file) => {
                 // Lower files never change: the kernel may keep their pages across opens.
                 let keep =
@@ -409,7 +428,7 @@ impl Filesystem for OverlayFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -425,6 +444,15 @@ impl Filesystem for OverlayFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // A truncate by a caller without CAP_FSETID drops set-user/group-ID bits (the kernel
+        // leaves that to us under FUSE_HANDLE_KILLPRIV_V2; root stands for CAP_FSETID here).
+        let mode = match mode {
+            None if size.is_some() && req.uid() != 0 => match self.mode_without_suid(ino, (req.gid(), req.pid())) {
+                Ok(m) => m,
+                Err(e) => return reply.error(fail("setattr", &e)),
+            },
+            m => m,
+        };
         let set = SetAttr { mode, uid, gid, size, atime: atime.map(time_spec), mtime: mtime.map(time_spec) };
         match self.set_attr(ino, &set, fh) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
@@ -485,16 +513,22 @@ impl Filesystem for OverlayFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // FUSE_HANDLE_KILLPRIV_V2: a writer without CAP_FSETID loses set-user/group-ID bits.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.drop_suid(ino, (req.gid(), req.pid()), Some(fh)) {
+                return reply.error(fail("write", &e));
+            }
+        }
         match self.write_at(fh, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", &e)),
@@ -541,11 +575,16 @@ impl Filesystem for OverlayFs {
         reply: ReplyCreate,
     ) {
         let _ = flags;
-        match self.create_file(req, parent, name.as_bytes(), mode, umask) {
-            Ok((attr, fh, generation)) => {
-                reply.created(&self.ttl, &attr, Generation(generation), FileHandle(fh), FopenFlags::empty())
+        let (attr, file, generation) = match self.create_file(req, parent, name.as_bytes(), mode, umask) {
+            Ok(made) => made,
+            Err(e) => return reply.error(fail("create", &e)),
+        };
+        let (fh, generation) = (self.keep_upper(attr.ino.0, file, |f| reply.open_backing(f)), Generation(generation));
+        match fh {
+            (fh, Some(b)) => {
+                reply.created_passthrough(&self.ttl, &attr, generation, FileHandle(fh), FopenFlags::empty(), &b)
             }
-            Err(e) => reply.error(fail("create", &e)),
+            (fh, None) => reply.created(&self.ttl, &attr, generation, FileHandle(fh), FopenFlags::empty()),
         }
     }
 

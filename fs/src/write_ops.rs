@@ -12,6 +12,15 @@ use crate::adapter::{fail, OverlayFs};
 use crate::attr::file_attr;
 use crate::handles::FileHandle as OpenFile;
 
+/// True when the caller (`(fsgid, pid)`) has group `gid`, as its own or a supplementary one.
+fn in_group((fsgid, pid): (u32, u32), gid: u32) -> bool {
+    fsgid == gid
+        || std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            let groups = status.lines().find_map(|l| l.strip_prefix("Groups:")).unwrap_or("");
+            groups.split_whitespace().any(|g| g.parse() == Ok(gid))
+        })
+}
+
 fn errno(e: nix::errno::Errno) -> Error {
     Error::from(e)
 }
@@ -96,7 +105,7 @@ impl OverlayFs {
         name: &[u8],
         mode: u32,
         umask: u32,
-    ) -> Result<(FileAttr, u64, u64), Error> {
+    ) -> Result<(FileAttr, std::fs::File, u64), Error> {
         let _changes = self.stack.changes(false);
         let chain = self.chain(parent)?;
         let (node, file) = self.stack.create(&chain, name, mode, NewObject::File, Self::caller(req, umask))?;
@@ -107,25 +116,29 @@ impl OverlayFs {
         let attr = file_attr(&self.stack.attr(&node)?);
         self.nodes.renew(node.ino);
         let generation = self.nodes.remember(&node, parent.0, name);
-        let fh = self.files.insert(OpenFile::Upper(file));
-        // fuser cannot reply to a create with passthrough: this handle is cached.
-        self.cached.opened(fh, self.nodes.id_of(&node));
-        Ok((attr, fh, generation))
+        Ok((attr, file, generation))
     }
 
-    /// Opens an upper file with FUSE passthrough: reads and writes go from the kernel to the
-    /// upper file directly. Falls back to serving it here if the kernel refuses the fd.
-    pub(crate) fn open_passthrough(&self, ino: INodeNo, file: std::fs::File, reply: fuser::ReplyOpen) {
-        if self.cached.any(ino.0) {
+    /// Keeps an open upper file of node `node` as a new handle, registered for FUSE
+    /// passthrough (reads and writes then go from the kernel straight to the upper file) when
+    /// the kernel agreed to it and no cached handle of the node is open; `register` hands the
+    /// fd to the kernel. Returns the handle and, for passthrough, the backing id to reply with.
+    pub(crate) fn keep_upper(
+        &self,
+        node: u64,
+        file: std::fs::File,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
+    ) -> (u64, Option<std::sync::Arc<fuser::BackingId>>) {
+        if !self.passthrough.load(std::sync::atomic::Ordering::Relaxed) || self.cached.any(node) {
             let fh = self.files.insert(OpenFile::Upper(file));
-            self.cached.opened(fh, ino.0);
-            return reply.opened(FileHandle(fh), fuser::FopenFlags::empty());
+            self.cached.opened(fh, node);
+            return (fh, None);
         }
         let backing = {
-            let mut entry = self.backing.entry(ino.0).or_default();
+            let mut entry = self.backing.entry(node).or_default();
             match entry.upgrade() {
                 Some(b) => Ok(b),
-                None => reply.open_backing(&file).map(|b| {
+                None => register(&file).map(|b| {
                     let b = std::sync::Arc::new(b);
                     *entry = std::sync::Arc::downgrade(&b);
                     b
@@ -137,14 +150,58 @@ impl OverlayFs {
             Ok(b) => {
                 // Kept before the reply: a release may follow it at once.
                 self.backing_of_handle.insert(fh, b.clone());
-                reply.opened_passthrough(FileHandle(fh), fuser::FopenFlags::empty(), &b);
+                (fh, Some(b))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "passthrough refused; serving the file");
-                self.cached.opened(fh, ino.0);
-                reply.opened(FileHandle(fh), fuser::FopenFlags::empty());
+                self.cached.opened(fh, node);
+                (fh, None)
             }
         }
+    }
+
+    /// Whether a write-open of node `ino` by a caller without CAP_FSETID (`(gid, pid)`) must be
+    /// served here rather than by passthrough: its writes must drop set-user/group-ID bits, so
+    /// they have to reach [`OverlayFs::drop_suid`] with the kernel's kill flag. Where
+    /// passthrough handles of the node are open the kernel allows no other kind: then the bits
+    /// are dropped at this open already.
+    pub(crate) fn must_serve_writes(&self, ino: INodeNo, caller: (u32, u32)) -> Result<bool, Error> {
+        if self.mode_without_suid(ino, caller)?.is_none() {
+            return Ok(false);
+        }
+        if self.backing.get(&ino.0).is_some_and(|b| b.strong_count() > 0) {
+            self.drop_suid(ino, caller, None)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Drops set-user-ID, and set-group-ID where group-execute is set or the caller (`(gid,
+    /// pid)`) is not in the file's group, from node `ino`, as a write or truncate by a
+    /// caller without CAP_FSETID must (FUSE_HANDLE_KILLPRIV_V2 leaves
+    /// this to the filesystem; file capabilities go by themselves when the daemon writes or
+    /// truncates the upper file). Returns the mode to set, None when nothing is to drop.
+    pub(crate) fn drop_suid(&self, ino: INodeNo, caller: (u32, u32), fh: Option<FileHandle>) -> Result<(), Error> {
+        if let Some(mode) = self.mode_without_suid(ino, caller)? {
+            let set = SetAttr { mode: Some(mode), ..SetAttr::default() };
+            self.set_attr(ino, &set, fh)?;
+        }
+        Ok(())
+    }
+
+    /// The mode node `ino` keeps once set-user/group-ID bits are dropped, None when it has none
+    /// to drop.
+    pub(crate) fn mode_without_suid(&self, ino: INodeNo, caller: (u32, u32)) -> Result<Option<u32>, Error> {
+        let attr = self.stack.attr(&self.node(ino)?)?;
+        if attr.kind != parallaxfs_overlay::FileKind::File {
+            return Ok(None);
+        }
+        let mode = u32::from(attr.perm);
+        let mut kept = mode & !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 || !in_group(caller, attr.gid) {
+            kept &= !libc::S_ISGID;
+        }
+        Ok((kept != mode).then_some(kept & 0o7777))
     }
 
     pub(crate) fn remove(&self, parent: INodeNo, name: &[u8], is_dir: bool) -> Result<(), Error> {
