@@ -128,12 +128,14 @@ enum Op {
     Symlink(String),
     Mkfifo(String),
     Read(String),
+    /// Lists a directory (what the kernel may keep cached between changes).
+    List(String),
 }
 
 fn gen_op(rng: &mut SmallRng) -> Op {
     let mut name = || NAMES[rng.gen_range(0..NAMES.len())].to_string();
     let (a, b) = (name(), name());
-    match rng.gen_range(0..17) {
+    match rng.gen_range(0..19) {
         0 => Op::Append(a, rng.gen()),
         1 => Op::Create(a),
         2 => Op::Truncate(a, rng.gen_range(0..100_000)),
@@ -149,6 +151,7 @@ fn gen_op(rng: &mut SmallRng) -> Op {
         13 => Op::Link(a, b),
         14 => Op::Symlink(a),
         15 => Op::Mkfifo(a),
+        16 | 17 => Op::List(a),
         _ => Op::Read(a),
     }
 }
@@ -194,9 +197,40 @@ fn open_nb(path: &Path, write: bool) -> std::io::Result<fs::File> {
     fs::OpenOptions::new().read(!write).write(write).custom_flags(libc::O_NONBLOCK).open(path)
 }
 
-fn apply(root: &Path, op: &Op) -> i32 {
+/// What an operation did: its errno, and for a listing the names and types it returned.
+fn apply(root: &Path, op: &Op) -> String {
+    match op {
+        Op::List(n) => list(&root.join(n)),
+        _ => apply_change(root, op).to_string(),
+    }
+}
+
+/// A directory's listing: errno, then each name with its type, and whether its `d_ino` is the
+/// `st_ino` a lookup of the name gives.
+fn list(dir: &Path) -> String {
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd.collect::<std::io::Result<Vec<_>>>(),
+        Err(e) => Err(e),
+    };
+    let mut entries = match entries {
+        Ok(v) => v,
+        Err(e) => return errno_of(Err(e)).to_string(),
+    };
+    entries.sort_by_key(|e| e.file_name());
+    let mut out = String::from("0");
+    for e in entries {
+        use std::os::unix::fs::DirEntryExt;
+        let kind = e.file_type().map(|t| format!("{t:?}")).unwrap_or_default();
+        let same_ino = fs::symlink_metadata(e.path()).is_ok_and(|m| m.ino() == e.ino());
+        out.push_str(&format!(" {}:{kind}:{}", e.file_name().to_string_lossy(), if same_ino { "ino" } else { "INO?" }));
+    }
+    out
+}
+
+fn apply_change(root: &Path, op: &Op) -> i32 {
     let p = |n: &str| root.join(n);
     match op {
+        Op::List(_) => unreachable!("listings are not changes"),
         Op::Append(n, v) => errno_of({
             use std::os::unix::fs::OpenOptionsExt;
             fs::OpenOptions::new()

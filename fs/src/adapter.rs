@@ -301,12 +301,12 @@ impl Filesystem for OverlayFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel keeps listings across opens. Lower directories never change; every change
+        // to a merged or upper directory is a request on it through this mount, after which
+        // the kernel drops its cached listing (the directory's i_version moves) and reads the
+        // new one from us.
         match self.open_dir(ino) {
-            // Lower directories never change: let the kernel cache their listings.
-            Ok(fh) if !self.stack.writable() => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
-            }
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
             Err(e) => reply.error(fail("opendir", &e)),
         }
     }
