@@ -23,6 +23,7 @@ mod shellwords;
 mod signals;
 mod source;
 mod store;
+mod userns;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,11 @@ fn run(cfg: &Config) -> u8 {
     let mut log = Logger::new(&mut handle, cfg.log_level, true);
     match cfg.op {
         Op::Migrate | Op::Rmi => {
+            if cfg.op == Op::Migrate {
+                if let Some(code) = userns::run_inside_if_rootless() {
+                    return code;
+                }
+            }
             let phase = if cfg.op == Op::Migrate { messages::Op::Migrate } else { messages::Op::Rmi };
             if let Err(e) = store::layout::validate_ro_store(&cfg.store) {
                 log.fatal(&messages::validation_failed(phase, &e));
