@@ -244,21 +244,18 @@ impl Filesystem for OverlayFs {
         };
         match self.open_file(ino, write, flags.0 & libc::O_TRUNC != 0) {
             Ok(OpenFile::Upper(file)) if served => {
-                let fh = self.files.insert(OpenFile::Upper(file));
-                self.cached.opened(fh, ino.0);
-                reply.opened(FileHandle(fh), FopenFlags::empty())
+                reply.opened(FileHandle(self.keep_cached(ino.0, file)), FopenFlags::empty())
             }
             Ok(OpenFile::Upper(file)) => match self.keep_upper(ino.0, file, |f| reply.open_backing(f)) {
                 (fh, Some(backing)) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
                 (fh, None) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             },
+            // A lower file (upper ones are matched above). It never changes: the kernel may
+            // keep its pages across opens.
             Ok(file) => {
-                // Lower files never change: the kernel may keep their pages across opens.
-                let keep =
-                    if matches!(file, OpenFile::Lower(_)) { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                 let fh = self.files.insert(file);
                 self.cached.opened(fh, ino.0);
-                reply.opened(FileHandle(fh), keep)
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(fail("open", &e)),
         }

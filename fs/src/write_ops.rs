@@ -130,9 +130,7 @@ impl OverlayFs {
         register: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
     ) -> (u64, Option<std::sync::Arc<fuser::BackingId>>) {
         if !self.passthrough.load(std::sync::atomic::Ordering::Relaxed) || self.cached.any(node) {
-            let fh = self.files.insert(OpenFile::Upper(file));
-            self.cached.opened(fh, node);
-            return (fh, None);
+            return (self.keep_cached(node, file), None);
         }
         let backing = {
             let mut entry = self.backing.entry(node).or_default();
@@ -145,19 +143,25 @@ impl OverlayFs {
                 }),
             }
         };
-        let fh = self.files.insert(OpenFile::Upper(file));
         match backing {
             Ok(b) => {
+                let fh = self.files.insert(OpenFile::Upper(file));
                 // Kept before the reply: a release may follow it at once.
                 self.backing_of_handle.insert(fh, b.clone());
                 (fh, Some(b))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "passthrough refused; serving the file");
-                self.cached.opened(fh, node);
-                (fh, None)
+                (self.keep_cached(node, file), None)
             }
         }
+    }
+
+    /// Keeps an open upper file of node `node` as a handle served here (through the page cache).
+    pub(crate) fn keep_cached(&self, node: u64, file: std::fs::File) -> u64 {
+        let fh = self.files.insert(OpenFile::Upper(file));
+        self.cached.opened(fh, node);
+        fh
     }
 
     /// Whether a write-open of node `ino` by a caller without CAP_FSETID (`(gid, pid)`) must be
@@ -180,7 +184,7 @@ impl OverlayFs {
     /// pid)`) is not in the file's group, from node `ino`, as a write or truncate by a
     /// caller without CAP_FSETID must (FUSE_HANDLE_KILLPRIV_V2 leaves
     /// this to the filesystem; file capabilities go by themselves when the daemon writes or
-    /// truncates the upper file). Returns the mode to set, None when nothing is to drop.
+    /// truncates the upper file).
     pub(crate) fn drop_suid(&self, ino: INodeNo, caller: (u32, u32), fh: Option<FileHandle>) -> Result<(), Error> {
         if let Some(mode) = self.mode_without_suid(ino, caller)? {
             let set = SetAttr { mode: Some(mode), ..SetAttr::default() };
@@ -197,8 +201,12 @@ impl OverlayFs {
             return Ok(None);
         }
         let mode = u32::from(attr.perm);
+        // Every write of such a caller asks: the common case (no set-id bit) costs the stat only.
+        if mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return Ok(None);
+        }
         let mut kept = mode & !libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 || !in_group(caller, attr.gid) {
+        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(caller, attr.gid)) {
             kept &= !libc::S_ISGID;
         }
         Ok((kept != mode).then_some(kept & 0o7777))
