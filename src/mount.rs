@@ -158,6 +158,7 @@ fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
     if let Some(ttl) = req.timeout {
         fs.set_ttl(ttl);
     }
+    fs.enable_prefetch(req.prefetch).context("starting the prefetch threads")?;
     let mut session = parallaxfs_fs::mount(fs, &req.mountpoint, &mount_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
     spawn_signal_handler(req.mountpoint.clone(), session.unmount_callable())?;

@@ -46,6 +46,8 @@ pub struct MountRequest {
     pub timeout: Option<std::time::Duration>,
     /// `noxattrs=1`.
     pub no_xattrs: bool,
+    /// `prefetch=N`: N threads read the small files of listed directories ahead (read-only).
+    pub prefetch: usize,
     /// Options not understood (warned about, ignored).
     pub unknown: Vec<String>,
 }
@@ -193,6 +195,12 @@ impl MountRequest {
             }
             ("noxattrs", Some(v)) => self.no_xattrs = flag(key, v)?,
             ("noxattrs", None) => self.no_xattrs = true,
+            ("prefetch", Some(v)) => {
+                self.prefetch = number(key, v)?;
+                if self.prefetch > 64 {
+                    bail!("option prefetch={v}: want 0 to 64 threads");
+                }
+            }
             ("redirect_dir", Some("off")) => {}
             ("redirect_dir", Some(v)) => bail!("option redirect_dir={v}: only redirect_dir=off is supported"),
             ("xino", Some("off" | "auto" | "on")) => {}

@@ -21,6 +21,7 @@ use crate::errno::{errno, is_fault};
 use crate::handles::{DirHandle, FileHandle as OpenFile, Handles};
 use crate::node_table::NodeTable;
 use crate::page_store::PageStore;
+use crate::prefetch::Prefetch;
 
 /// Largest read the kernel may send (max_pages 256 × 4 KiB).
 const MAX_READ: usize = 1 << 20;
@@ -28,7 +29,7 @@ const MAX_READ: usize = 1 << 20;
 /// A union stack served over FUSE.
 #[derive(Debug)]
 pub struct OverlayFs {
-    pub(crate) stack: Stack,
+    pub(crate) stack: std::sync::Arc<Stack>,
     pub(crate) nodes: NodeTable,
     pub(crate) files: Handles<OpenFile>,
     dirs: Handles<DirHandle>,
@@ -46,7 +47,15 @@ pub struct OverlayFs {
     pub(crate) cached: crate::io_mode::CachedOpens,
     /// The kernel accepted FUSE_NO_OPEN_SUPPORT (read-only mounts).
     no_open: std::sync::atomic::AtomicBool,
+    /// Lower files opened for handle-0 reads (no OPEN on read-only mounts), kept per node so
+    /// that a file read in several requests is opened once, not once per `READ`.
+    lower_readers: quick_cache::sync::Cache<u64, std::sync::Arc<OpenFile>>,
+    /// Small files of listed directories read into the page cache ahead (`prefetch=N`).
+    prefetch: Option<Prefetch>,
 }
+
+/// How many lower files handle-0 reads keep open.
+const LOWER_READERS: usize = 64;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -67,7 +76,7 @@ impl OverlayFs {
         let root = stack.root()?;
         let page_store = PageStore::start()?;
         Ok(OverlayFs {
-            stack,
+            stack: std::sync::Arc::new(stack),
             nodes: NodeTable::new(root),
             files: Handles::default(),
             dirs: Handles::default(),
@@ -79,6 +88,8 @@ impl OverlayFs {
             backing_of_handle: dashmap::DashMap::new(),
             cached: crate::io_mode::CachedOpens::default(),
             no_open: std::sync::atomic::AtomicBool::new(false),
+            lower_readers: quick_cache::sync::Cache::new(LOWER_READERS),
+            prefetch: None,
         })
     }
 
@@ -92,6 +103,15 @@ impl OverlayFs {
     /// Sets the entry/attr timeout (`timeout=` option); lower objects default to a year.
     pub fn set_ttl(&mut self, ttl: std::time::Duration) {
         self.ttl = ttl;
+    }
+
+    /// Starts `threads` threads reading the small files of every listed directory into the
+    /// page cache before they are read (read-only stacks; see [`crate::prefetch`]).
+    pub fn enable_prefetch(&mut self, threads: usize) -> std::io::Result<()> {
+        if !self.stack.writable() && threads > 0 {
+            self.prefetch = Some(Prefetch::start(self.stack.clone(), self.notifier_slot(), threads)?);
+        }
+        Ok(())
     }
 
     /// Where the session's notifier goes once the mount exists (for page-cache stores).
@@ -122,11 +142,21 @@ impl OverlayFs {
         Ok(self.dirs.insert(DirHandle { dir: dir.ino, parent, items }))
     }
 
+    /// The lower file of node `ino` for a read without a handle (read-only mounts only).
+    fn lower_reader(&self, ino: INodeNo) -> Result<std::sync::Arc<OpenFile>, Error> {
+        if let Some(file) = self.lower_readers.get(&ino.0) {
+            return Ok(file);
+        }
+        let file = std::sync::Arc::new(OpenFile::Lower(self.node(ino).and_then(|n| self.stack.open(&n))?));
+        self.lower_readers.insert(ino.0, file.clone());
+        Ok(file)
+    }
+
     fn read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         // Handle 0: a read-only mount told the kernel it needs no OPEN; read from the node.
         let file = match fh.0 {
-            0 => match self.node(ino).and_then(|n| self.stack.open(&n)) {
-                Ok(reader) => std::sync::Arc::new(OpenFile::Lower(reader)),
+            0 => match self.lower_reader(ino) {
+                Ok(file) => file,
                 Err(e) => return reply.error(fail("read", &e)),
             },
             fh => match self.files.get(fh) {
@@ -346,6 +376,7 @@ impl Filesystem for OverlayFs {
             }
         }
         let start = (offset as usize).saturating_sub(2);
+        let mut ahead = Vec::new();
         for (i, item) in dir.items.iter().enumerate().skip(start) {
             let node = match self.stack.lookup(&dir_node, &item.name) {
                 Ok(n) => n,
@@ -366,9 +397,16 @@ impl Filesystem for OverlayFs {
             if reply.add(attr.ino, i as u64 + 3, name, &self.ttl, &attr, generation) {
                 break;
             }
+            let small = (1..=crate::prefetch::MAX_FILE).contains(&attr.size);
+            if self.prefetch.is_some() && attr.kind == fuser::FileType::RegularFile && small {
+                ahead.push((item.name.to_vec(), attr.ino.0, node.clone(), attr.size));
+            }
             self.nodes.remember(&node, ino.0, &item.name);
         }
         reply.ok();
+        if let Some(prefetch) = &self.prefetch {
+            prefetch.queue(ahead);
+        }
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

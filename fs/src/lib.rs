@@ -15,6 +15,7 @@ mod handles;
 mod io_mode;
 pub mod node_table;
 mod page_store;
+pub mod prefetch;
 mod write_ops;
 
 use std::io;
