@@ -24,7 +24,7 @@ pub const DEFAULT_MKSQUASHFS_OPTS: &[&str] =
 
 /// mksquashfs's cache memory with the default flags: by default it may take a quarter of RAM
 /// (661 MiB for a 1 GiB image here); 256 MiB makes the same image as fast (benches/README.md).
-/// Appended to parallax's flags only; `--mksquashfs-opts` is used as given.
+/// Added to parallax's flags only; `--mksquashfs-opts` is used as given.
 pub const MKSQUASHFS_MEM: &[&str] = &["-mem", "256M"];
 
 /// Threads of the union mount reading small files ahead of mksquashfs (`prefetch=N`): its
@@ -232,7 +232,9 @@ pub fn mksquashfs(
     cmd.arg(source).arg(dest);
     match opts {
         Some(words) => cmd.args(words),
-        None => cmd.args(DEFAULT_MKSQUASHFS_OPTS).args(MKSQUASHFS_MEM),
+        // Before parallax's flags: their last, `-e`, takes every word after it as a name to
+        // exclude.
+        None => cmd.args(MKSQUASHFS_MEM).args(DEFAULT_MKSQUASHFS_OPTS),
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd
@@ -306,7 +308,7 @@ mod tests {
         match err {
             Error::Mksquashfs { status, output } => {
                 assert_eq!(status, "exit status 3");
-                assert!(output.contains("args: /src /dst -noappend -comp zstd -Xcompression-level 1 -noD -no-xattrs -e security.capability -mem 256M"), "{output}");
+                assert!(output.contains("args: /src /dst -mem 256M -noappend -comp zstd -Xcompression-level 1 -noD -no-xattrs -e security.capability"), "{output}");
                 assert!(output.contains("boom"), "{output}");
             }
             other => panic!("{other:?}"),
