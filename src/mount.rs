@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use parallaxfs_fs::overlay::idmap::Identity;
 use parallaxfs_fs::overlay::{Layer, PlainLayer, SquashLayer, Stack, StackOptions, Upper};
-use parallaxfs_fs::{MountOptions, OverlayFs};
+use parallaxfs_fs::{MountOptions, OverlayFs, PrefetchMode};
 use parallaxfs_squash::{Image, OpenOptions};
 
 use crate::options::MountRequest;
@@ -158,7 +158,11 @@ fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
     if let Some(ttl) = req.timeout {
         fs.set_ttl(ttl);
     }
-    fs.enable_prefetch(req.prefetch).context("starting the prefetch threads")?;
+    let (mode, threads) = match req.prefetch {
+        Some(n) => (PrefetchMode::OnListing, n),
+        None => (PrefetchMode::OnFirstRead, parallaxfs_fs::prefetch::DEFAULT_THREADS),
+    };
+    fs.enable_prefetch(mode, threads).context("starting the prefetch threads")?;
     let mut session = parallaxfs_fs::mount(fs, &req.mountpoint, &mount_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
     spawn_signal_handler(req.mountpoint.clone(), session.unmount_callable())?;

@@ -46,8 +46,9 @@ pub struct MountRequest {
     pub timeout: Option<std::time::Duration>,
     /// `noxattrs=1`.
     pub no_xattrs: bool,
-    /// `prefetch=N`: N threads read the small files of listed directories ahead (read-only).
-    pub prefetch: usize,
+    /// `prefetch=N`: N threads read the small files of each listed directory ahead (read-only
+    /// mounts). Unset: two threads, started by a directory's first file read.
+    pub prefetch: Option<usize>,
     /// Options not understood (warned about, ignored).
     pub unknown: Vec<String>,
 }
@@ -196,10 +197,11 @@ impl MountRequest {
             ("noxattrs", Some(v)) => self.no_xattrs = flag(key, v)?,
             ("noxattrs", None) => self.no_xattrs = true,
             ("prefetch", Some(v)) => {
-                self.prefetch = number(key, v)?;
-                if self.prefetch > 64 {
+                let threads: usize = number(key, v)?;
+                if threads > 64 {
                     bail!("option prefetch={v}: want 0 to 64 threads");
                 }
+                self.prefetch = Some(threads);
             }
             ("redirect_dir", Some("off")) => {}
             ("redirect_dir", Some(v)) => bail!("option redirect_dir={v}: only redirect_dir=off is supported"),

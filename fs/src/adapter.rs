@@ -21,7 +21,7 @@ use crate::errno::{errno, is_fault};
 use crate::handles::{DirHandle, FileHandle as OpenFile, Handles};
 use crate::node_table::NodeTable;
 use crate::page_store::PageStore;
-use crate::prefetch::Prefetch;
+use crate::prefetch::{Mode as PrefetchMode, Prefetch};
 
 /// Largest read the kernel may send (max_pages 256 × 4 KiB).
 const MAX_READ: usize = 1 << 20;
@@ -105,11 +105,11 @@ impl OverlayFs {
         self.ttl = ttl;
     }
 
-    /// Starts `threads` threads reading the small files of every listed directory into the
-    /// page cache before they are read (read-only stacks; see [`crate::prefetch`]).
-    pub fn enable_prefetch(&mut self, threads: usize) -> std::io::Result<()> {
+    /// Starts `threads` threads reading the small files of listed directories into the page
+    /// cache before they are read, in `mode` (read-only stacks; see [`crate::prefetch`]).
+    pub fn enable_prefetch(&mut self, mode: PrefetchMode, threads: usize) -> std::io::Result<()> {
         if !self.stack.writable() && threads > 0 {
-            self.prefetch = Some(Prefetch::start(self.stack.clone(), self.notifier_slot(), threads)?);
+            self.prefetch = Some(Prefetch::start(mode, self.stack.clone(), self.notifier_slot(), threads)?);
         }
         Ok(())
     }
@@ -152,11 +152,31 @@ impl OverlayFs {
         Ok(file)
     }
 
+    /// On a read of a file, queues the small files parked for its directory (once).
+    fn read_ahead_siblings(&self, ino: INodeNo) {
+        if let Some(dir) = self.prefetch.as_ref().and_then(|_| self.nodes.parent_id(ino.0)) {
+            self.read_ahead(dir, ino.0);
+        }
+    }
+
+    /// Queues the small files parked for directory `dir`, if any, but node `except` (one
+    /// being read already).
+    fn read_ahead(&self, dir: u64, except: u64) {
+        let Some(prefetch) = &self.prefetch else { return };
+        let Some(files) = prefetch.take_parked(dir) else { return };
+        let nodes = &self.nodes;
+        let files = files.into_iter().filter(|(id, _)| *id != except);
+        prefetch.queue(files.filter_map(|(id, size)| Some((id, nodes.get(id)?, size))));
+    }
+
     fn read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         // Handle 0: a read-only mount told the kernel it needs no OPEN; read from the node.
         let file = match fh.0 {
             0 => match self.lower_reader(ino) {
-                Ok(file) => file,
+                Ok(file) => {
+                    self.read_ahead_siblings(ino);
+                    file
+                }
                 Err(e) => return reply.error(fail("read", &e)),
             },
             fh => match self.files.get(fh) {
@@ -399,18 +419,27 @@ impl Filesystem for OverlayFs {
             }
             let small = (1..=crate::prefetch::MAX_FILE).contains(&attr.size);
             if self.prefetch.is_some() && attr.kind == fuser::FileType::RegularFile && small {
-                ahead.push((item.name.to_vec(), attr.ino.0, node.clone(), attr.size));
+                ahead.push((item.name.clone(), attr.ino.0, attr.size));
             }
             self.nodes.remember(&node, ino.0, &item.name);
         }
-        reply.ok();
+        // The kernel knows the entries only once the lister has taken this reply in: the
+        // files wait until the next request on the directory shows it has (or a first read).
         if let Some(prefetch) = &self.prefetch {
-            prefetch.queue(ahead);
+            if prefetch.mode() == PrefetchMode::OnListing && offset > 0 {
+                self.read_ahead(ino.0, 0);
+            }
+            ahead.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            prefetch.park(ino.0, ahead.into_iter().map(|(_, id, size)| (id, size)).collect());
         }
+        reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.dirs.remove(fh.0);
+        if self.prefetch.as_ref().is_some_and(|p| p.mode() == PrefetchMode::OnListing) {
+            self.read_ahead(ino.0, 0);
+        }
         reply.ok();
     }
 

@@ -24,6 +24,7 @@ use std::path::Path;
 pub use adapter::OverlayFs;
 pub use fuser::{Session, SessionUnmounter};
 pub use parallaxfs_overlay as overlay;
+pub use prefetch::Mode as PrefetchMode;
 
 /// How to mount.
 #[derive(Debug, Clone)]

@@ -184,6 +184,11 @@ impl NodeTable {
         ids
     }
 
+    /// The FUSE id of the directory node `id` was last reached in, as the kernel names it.
+    pub fn parent_id(&self, id: u64) -> Option<u64> {
+        self.nodes.get(&id).map(|s| s.parent)
+    }
+
     /// `st_ino` of the directory node `id` was last found in (the root's own for the root):
     /// the `d_ino` of `..` in its listing.
     pub fn parent_ino(&self, id: u64) -> Option<u64> {

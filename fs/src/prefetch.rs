@@ -1,15 +1,23 @@
-//! Reads the small files of each listed directory into the kernel page cache before anyone
-//! asks (the `prefetch=N` mount option; read-only mounts).
+//! Reads the small files of a directory into the kernel page cache before anyone asks for
+//! them (read-only mounts).
 //!
 //! A tool that reads a whole tree file by file (mksquashfs packing a union, `tar`, a copy)
 //! waits for one FUSE `READ` round trip per small file, and on cold storage for one disk or
-//! network latency per file as well, one after the other. When a directory is listed
-//! (`READDIRPLUS`, which also makes the kernel know every entry's inode), its regular files
-//! up to [`MAX_FILE`] are queued here in name order; `N` worker threads read them and store
-//! them into the page cache (FUSE_NOTIFY_STORE). The reader then finds them cached, and the
-//! storage sees `N` reads in flight instead of one. Stores are done off the request threads:
-//! a page locked by a `READ` being answered is only released by that reply.
+//! network latency (or one decompression) per file as well, one after the other. The regular
+//! files of a listed directory up to [`MAX_FILE`] are taken in name order, and worker threads
+//! read them and store them into the page cache (FUSE_NOTIFY_STORE): the reader finds them
+//! cached, and the storage sees several reads in flight instead of one.
+//!
+//! A listing (`READDIRPLUS`) parks the directory's candidates. The kernel knows the entries'
+//! inodes (a store needs them) only once the lister has taken the reply in, so they are queued
+//! on a later request that shows it has: in [`Mode::OnListing`] (`prefetch=N`, for tools that
+//! read everything they list) the next `READDIRPLUS` or the `RELEASEDIR` of that directory, or
+//! the first read of one of its files; in [`Mode::OnFirstRead`] (read-only mounts by default)
+//! only that first read, so a walk that lists and stats (`find`, `ls -R`) reads nothing more.
+//! Stores are done off the request threads: a page locked by a `READ` being answered is only
+//! released by that reply.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -20,6 +28,19 @@ use parallaxfs_overlay::{Node, Stack};
 pub const MAX_FILE: u64 = 1 << 20;
 /// Files waiting; more are not prefetched (the data is only an optimisation).
 const QUEUE: usize = 1 << 16;
+/// Directories whose lists wait for a first read; past this the parked lists are dropped.
+const PARKED_DIRS: usize = 4096;
+/// Threads of the on-first-read mode (the default of read-only mounts).
+pub const DEFAULT_THREADS: usize = 2;
+
+/// When a listed directory's files are read ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// As soon as the directory is listed.
+    OnListing,
+    /// When the first file of the directory is read.
+    OnFirstRead,
+}
 
 struct Job {
     ino: u64,
@@ -27,21 +48,31 @@ struct Job {
     size: u64,
 }
 
+/// A directory's prefetch candidates: `(FUSE id, size)` in name order.
+pub type Candidates = Vec<(u64, u64)>;
+
 /// The queue and its workers.
 pub struct Prefetch {
+    mode: Mode,
     sender: SyncSender<Job>,
+    parked: Mutex<HashMap<u64, Candidates>>,
 }
 
 impl std::fmt::Debug for Prefetch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prefetch").finish_non_exhaustive()
+        f.debug_struct("Prefetch").field("mode", &self.mode).finish_non_exhaustive()
     }
 }
 
 impl Prefetch {
     /// Starts `threads` workers reading through `stack` and storing through the notifier
     /// once the session has put it in `notifier`.
-    pub fn start(stack: Arc<Stack>, notifier: Arc<OnceLock<Notifier>>, threads: usize) -> std::io::Result<Prefetch> {
+    pub fn start(
+        mode: Mode,
+        stack: Arc<Stack>,
+        notifier: Arc<OnceLock<Notifier>>,
+        threads: usize,
+    ) -> std::io::Result<Prefetch> {
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for i in 0..threads.max(1) {
@@ -50,13 +81,17 @@ impl Prefetch {
                 .name(format!("prefetch-{i}"))
                 .spawn(move || work(&stack, &notifier, &receiver))?;
         }
-        Ok(Prefetch { sender })
+        Ok(Prefetch { mode, sender, parked: Mutex::new(HashMap::new()) })
     }
 
-    /// Queues the files of one listing (`(name, inode, node, size)`), in name order.
-    pub fn queue(&self, mut files: Vec<(Vec<u8>, u64, Node, u64)>) {
-        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (_, ino, node, size) in files {
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Queues files now (`(FUSE id, node, size)`, in the order to read them).
+    pub fn queue(&self, files: impl IntoIterator<Item = (u64, Node, u64)>) {
+        for (ino, node, size) in files {
             match self.sender.try_send(Job { ino, node, size }) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => return,
@@ -67,10 +102,23 @@ impl Prefetch {
             }
         }
     }
+
+    /// Keeps directory `dir`'s candidates until [`Prefetch::take_parked`] asks for them.
+    pub fn park(&self, dir: u64, files: Candidates) {
+        let Ok(mut parked) = self.parked.lock() else { return };
+        if parked.len() >= PARKED_DIRS && !parked.contains_key(&dir) {
+            parked.clear();
+        }
+        parked.entry(dir).or_default().extend(files);
+    }
+
+    /// The parked candidates of directory `dir`, once.
+    pub fn take_parked(&self, dir: u64) -> Option<Candidates> {
+        self.parked.lock().ok()?.remove(&dir)
+    }
 }
 
 fn work(stack: &Stack, notifier: &OnceLock<Notifier>, receiver: &Mutex<Receiver<Job>>) {
-    let mut buf = Vec::new();
     loop {
         let job = match receiver.lock() {
             Ok(r) => r.recv(),
@@ -79,25 +127,12 @@ fn work(stack: &Stack, notifier: &OnceLock<Notifier>, receiver: &Mutex<Receiver<
         let Ok(job) = job else { return };
         let Some(notifier) = notifier.get() else { continue };
         let Ok(file) = stack.open(&job.node) else { continue };
-        buf.resize(job.size as usize, 0);
+        // A buffer per file: large ones go back to the system at once (no RSS kept idle).
+        let mut buf = vec![0u8; job.size as usize];
         let Ok(n) = file.read_at(0, &mut buf) else { continue };
-        store(notifier, job.ino, &buf[..n]);
-    }
-}
-
-/// Stores `data` as the whole of inode `ino`. The kernel links the entries of a READDIRPLUS
-/// reply to inodes only when the lister wakes up to read it, which can be just after the
-/// job was taken: an unknown inode (ENOENT) is tried again for a few milliseconds, then left.
-fn store(notifier: &Notifier, ino: u64, data: &[u8]) {
-    for attempt in 0..RETRIES {
-        match notifier.store(INodeNo(ino), 0, data) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::thread::sleep(std::time::Duration::from_micros(100 << attempt.min(4)));
-            }
-            _ => return,
+        // fuser reports an inode the kernel has dropped meanwhile as Ok.
+        if let Err(e) = notifier.store(INodeNo(job.ino), 0, &buf[..n]) {
+            tracing::debug!(ino = job.ino, error = %e, "prefetch store refused");
         }
     }
 }
-
-/// Tries for an inode the kernel does not know yet (about 10 ms in all).
-const RETRIES: u32 = 8;
