@@ -62,10 +62,6 @@ fn open_layer(path: &Path, index: usize, req: &MountRequest) -> Result<Box<dyn L
     let file = File::open(path).with_context(|| format!("lowerdir {}", path.display()))?;
     let opts = OpenOptions { io: req.squash_io, ..OpenOptions::default() };
     let image = Image::open_with(file, &opts).with_context(|| format!("lowerdir {}", path.display()))?;
-    // Start fetching the inode and directory tables in the background: a cold walk then finds
-    // them in the page cache, while opening stays O(1) in the image size.
-    let prefetch = image.clone();
-    std::thread::spawn(move || prefetch.prefetch_metadata());
     Ok(Box::new(SquashLayer::new(image, index)))
 }
 
@@ -132,6 +128,9 @@ fn check_mountpoint(path: &Path) -> Result<()> {
 
 fn mount_options(req: &MountRequest) -> MountOptions {
     let mut opts = MountOptions { read_only: req.upper.is_none(), ..MountOptions::default() };
+    if let Some(threads) = req.threads {
+        opts.threads = threads;
+    }
     let root = nix::unistd::geteuid().is_root();
     opts.allow_other = root || req.fuse_words.iter().any(|w| w == "allow_other");
     opts.extra = req.fuse_words.iter().filter(|w| *w != "allow_other").cloned().collect();

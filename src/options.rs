@@ -49,6 +49,8 @@ pub struct MountRequest {
     /// `prefetch=N`: N threads read the small files of each listed directory ahead (read-only
     /// mounts). Unset: two threads, started by a directory's first file read.
     pub prefetch: Option<usize>,
+    /// `threads=N`: FUSE request threads (1–64). Unset: one per core, at least 4.
+    pub threads: Option<usize>,
     /// Options not understood (warned about, ignored).
     pub unknown: Vec<String>,
 }
@@ -202,6 +204,13 @@ impl MountRequest {
                     bail!("option prefetch={v}: want 0 to 64 threads");
                 }
                 self.prefetch = Some(threads);
+            }
+            ("threads", Some(v)) => {
+                let threads: usize = number(key, v)?;
+                if !(1..=64).contains(&threads) {
+                    bail!("option threads={v}: want 1 to 64 threads");
+                }
+                self.threads = Some(threads);
             }
             ("redirect_dir", Some("off")) => {}
             ("redirect_dir", Some(v)) => bail!("option redirect_dir={v}: only redirect_dir=off is supported"),

@@ -196,3 +196,122 @@ fn prefetch_option_is_checked() {
         assert!(!is_mounted(&mp), "{bad}: nothing mounted");
     }
 }
+
+/// A read smaller than a SquashFS block decompresses the block once and has the whole block
+/// stored into the page cache (as the kernel's squashfs fills every page of a block): after one
+/// 4 KiB read in the middle of a block, its 128 KiB are resident, and what they hold, read
+/// back through the page cache and through a fresh mount, is the source's bytes. Over several
+/// blocks read in random order by four threads at once.
+#[test]
+fn a_small_read_caches_its_whole_block_with_the_source_bytes() {
+    require_root();
+    let scratch = Scratch::new("block-store");
+    let src = scratch.mkdir("src/blocks");
+    // Compressible, and different in every block: zstd blocks of 128 KiB.
+    let mut rng = SmallRng::seed_from_u64(0xb10c);
+    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta "];
+    let mut bytes = Vec::new();
+    while bytes.len() < 2 << 20 {
+        bytes.extend_from_slice(words[rng.gen_range(0..words.len())].as_bytes());
+    }
+    bytes.truncate(2 << 20);
+    fs::write(src.join("text"), &bytes).unwrap();
+    let image = scratch.path().join("blocks.squash");
+    mksquashfs(src.parent().unwrap(), &image);
+    let mp = scratch.mkdir("mp");
+    // prefetch=0: only the block store can make pages resident.
+    let m = mount_with(&[image], &mp, ",prefetch=0");
+    let path = mp.join("blocks/text");
+    drop_caches();
+    assert_eq!(resident(&path), 0, "nothing resident before the read");
+
+    const BLOCK: u64 = 128 << 10;
+    let f = fs::File::open(&path).unwrap();
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM).unwrap();
+    let mut page = vec![0u8; 4096];
+    f.read_exact_at(&mut page, 5 * BLOCK + 40960).unwrap();
+    assert_eq!(page[..], bytes[(5 * BLOCK + 40960) as usize..][..4096], "the 4 KiB read itself");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while resident(&path) < BLOCK {
+        assert!(Instant::now() < deadline, "10 s on, {} bytes resident, want the whole block", resident(&path));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut block = vec![0u8; BLOCK as usize];
+    f.read_exact_at(&mut block, 5 * BLOCK).unwrap();
+    assert!(block[..] == bytes[(5 * BLOCK) as usize..][..BLOCK as usize], "the stored block's bytes");
+    drop(f);
+
+    // Four threads, small reads at random places in random order; then the whole file.
+    drop_caches();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (path, bytes) = (&path, &bytes);
+            s.spawn(move || {
+                let f = fs::File::open(path).unwrap();
+                let mut rng = SmallRng::seed_from_u64(t);
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..64 {
+                    let off = rng.gen_range(0..(bytes.len() as u64 - 4096)) / 512 * 512;
+                    f.read_exact_at(&mut buf, off).unwrap();
+                    assert!(buf[..] == bytes[off as usize..][..4096], "thread {t}: 4 KiB at {off}");
+                }
+            });
+        }
+    });
+    assert!(fs::read(&path).unwrap() == bytes, "the whole file after random small reads");
+    m.unmount();
+}
+
+/// A directory too large for one READDIRPLUS reply, on a read-only mount (no OPENDIR: the
+/// kernel reads it with handle 0 and keeps the listing): listed three times, every time all
+/// names once, each `d_ino` equal to the `st_ino` of the name; the same names as the source.
+#[test]
+fn a_large_directory_lists_whole_across_replies_and_repeats() {
+    require_root();
+    let scratch = Scratch::new("big-dir");
+    let src = scratch.mkdir("src/many");
+    let want: std::collections::BTreeSet<OsString> =
+        (0..3000).map(|i| OsString::from(format!("entry-{i:05}-{}", "n".repeat(i % 40)))).collect();
+    for name in &want {
+        fs::write(src.join(name), name.as_encoded_bytes()).unwrap();
+    }
+    let image = scratch.path().join("many.squash");
+    mksquashfs(src.parent().unwrap(), &image);
+    let mp = scratch.mkdir("mp");
+    let m = mount_with(&[image], &mp, "");
+    for round in 0..3 {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in fs::read_dir(mp.join("many")).unwrap() {
+            let e = e.unwrap();
+            use std::os::unix::fs::{DirEntryExt, MetadataExt};
+            let st = fs::symlink_metadata(e.path()).unwrap();
+            assert_eq!(e.ino(), st.ino(), "round {round}: d_ino of {:?}", e.file_name());
+            assert!(seen.insert(e.file_name()), "round {round}: {:?} listed twice", e.file_name());
+        }
+        assert!(seen == want, "round {round}: {} names listed, want {}", seen.len(), want.len());
+    }
+    let one = mp.join("many/entry-00007-nnnnnnn");
+    assert_eq!(fs::read(&one).unwrap(), b"entry-00007-nnnnnnn");
+    m.unmount();
+}
+
+#[test]
+fn threads_option_is_checked() {
+    require_root();
+    let scratch = Scratch::new("threads-opt");
+    let lower = scratch.mkdir("lower");
+    fs::write(lower.join("f"), "x").unwrap();
+    let mp = scratch.mkdir("mp");
+    for bad in ["threads=0", "threads=65", "threads=x"] {
+        let out =
+            Command::new(bin()).arg("-o").arg(format!("lowerdir={},{bad}", lower.display())).arg(&mp).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert_eq!(err.lines().count(), 1, "{bad}: one line: {err}");
+        assert!(err.contains(bad), "{bad}: the error names the option: {err}");
+        assert!(!is_mounted(&mp), "{bad}: nothing mounted");
+    }
+    let m = mount_with(&[lower], &mp, ",threads=3");
+    assert_eq!(fs::read(mp.join("f")).unwrap(), b"x");
+    m.unmount();
+}

@@ -47,6 +47,12 @@ pub struct OverlayFs {
     pub(crate) cached: crate::io_mode::CachedOpens,
     /// The kernel accepted FUSE_NO_OPEN_SUPPORT (read-only mounts).
     no_open: std::sync::atomic::AtomicBool,
+    /// The kernel accepted FUSE_NO_OPENDIR_SUPPORT (read-only mounts): directories are read
+    /// without OPENDIR/RELEASEDIR, with handle 0, and the kernel caches every listing.
+    no_opendir: std::sync::atomic::AtomicBool,
+    /// Listings of directories read with handle 0, kept across the READDIR requests of one
+    /// listing (the kernel keeps the listing itself once it has it whole).
+    listings: quick_cache::sync::Cache<u64, std::sync::Arc<DirHandle>>,
     /// Lower files opened for handle-0 reads (no OPEN on read-only mounts), kept per node so
     /// that a file read in several requests is opened once, not once per `READ`.
     lower_readers: quick_cache::sync::Cache<u64, std::sync::Arc<OpenFile>>,
@@ -56,6 +62,8 @@ pub struct OverlayFs {
 
 /// How many lower files handle-0 reads keep open.
 const LOWER_READERS: usize = 64;
+/// How many directory listings handle-0 reads keep.
+const LISTINGS: usize = 32;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -88,6 +96,8 @@ impl OverlayFs {
             backing_of_handle: dashmap::DashMap::new(),
             cached: crate::io_mode::CachedOpens::default(),
             no_open: std::sync::atomic::AtomicBool::new(false),
+            no_opendir: std::sync::atomic::AtomicBool::new(false),
+            listings: quick_cache::sync::Cache::new(LISTINGS),
             lower_readers: quick_cache::sync::Cache::new(LOWER_READERS),
             prefetch: None,
         })
@@ -136,10 +146,28 @@ impl OverlayFs {
     }
 
     fn open_dir(&self, ino: INodeNo) -> Result<u64, Error> {
+        Ok(self.dirs.insert(self.listing(ino)?))
+    }
+
+    fn listing(&self, ino: INodeNo) -> Result<DirHandle, Error> {
         let dir = self.node(ino)?;
         let items = self.stack.read_dir(&dir)?;
         let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
-        Ok(self.dirs.insert(DirHandle { dir: dir.ino, parent, items }))
+        Ok(DirHandle { dir: dir.ino, parent, items })
+    }
+
+    /// The listing a READDIR with handle `fh` reads: the open handle's, or with handle 0
+    /// (read-only mounts, no OPENDIR) the directory's, kept between the requests of a listing.
+    fn dir_handle(&self, ino: INodeNo, fh: u64) -> Result<std::sync::Arc<DirHandle>, Errno> {
+        if fh != 0 {
+            return self.dirs.get(fh).ok_or(Errno::EBADF);
+        }
+        if self.stack.writable() {
+            return Err(Errno::EBADF);
+        }
+        self.listings
+            .get_or_insert_with(&ino.0, || self.listing(ino).map(std::sync::Arc::new))
+            .map_err(|e| fail("readdir", &e))
     }
 
     /// The lower file of node `ino` for a read without a handle (read-only mounts only).
@@ -184,24 +212,48 @@ impl OverlayFs {
                 None => return reply.error(Errno::EBADF),
             },
         };
-        let done = READ_BUF.with(|buf| {
+        // Only where lower files are all there is: with an upper, a copy-up and write could
+        // land between the read and the store, which would then put stale pages in the cache.
+        let span = match self.stack.writable() {
+            false => self.page_store.span(&file, offset, u64::from(size)),
+            true => None,
+        };
+        if let Some(span) = span {
+            return self.read_and_store(ino, &file, offset, size, span, reply);
+        }
+        READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.resize((size as usize).min(MAX_READ), 0);
             match file.read_at(offset, &mut buf) {
-                Ok(n) => {
-                    reply.data(&buf[..n]);
-                    n > 0
-                }
-                Err(e) => {
-                    reply.error(fail("read", &e));
-                    false
-                }
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(fail("read", &e)),
             }
         });
-        // Only where lower files are all there is: with an upper, a copy-up and write could
-        // land between the read and the store, which would then put stale pages in the cache.
-        if done && !self.stack.writable() {
-            self.page_store.after_read(ino.0, &file, offset, u64::from(size));
+    }
+
+    /// A read smaller than a decode unit: reads the whole units around it (one decompression),
+    /// answers from them, and has the page store put them all in the page cache.
+    fn read_and_store(
+        &self,
+        ino: INodeNo,
+        file: &OpenFile,
+        offset: u64,
+        size: u32,
+        (start, len): (u64, u64),
+        reply: ReplyData,
+    ) {
+        let mut bytes = self.page_store.buffer(len as usize);
+        match file.read_at(start, &mut bytes) {
+            Ok(n) => {
+                bytes.truncate(n);
+                let from = ((offset - start) as usize).min(n);
+                let to = from.saturating_add(size as usize).min(n);
+                reply.data(&bytes[from..to]);
+                if n > 0 {
+                    self.page_store.store(ino.0, start, bytes);
+                }
+            }
+            Err(e) => reply.error(fail("read", &e)),
         }
     }
 }
@@ -218,10 +270,15 @@ impl Filesystem for OverlayFs {
         let wanted = if self.stack.writable() { wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2 } else { wanted };
         // Read-only: files need no OPEN/RELEASE round trips (open answers ENOSYS, which the
         // kernel then takes as success for every file, keeping their page cache).
-        let wanted = if self.stack.writable() { wanted } else { wanted | InitFlags::FUSE_NO_OPEN_SUPPORT };
+        // Directories likewise: no OPENDIR/RELEASEDIR, and every listing stays cached.
+        let no_opens = InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        let wanted = if self.stack.writable() { wanted } else { wanted | no_opens };
         let _ = config.add_capabilities(wanted & config.capabilities());
-        if !self.stack.writable() && config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT) {
-            self.no_open.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.stack.writable() {
+            let has = config.capabilities();
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            self.no_open.store(has.contains(InitFlags::FUSE_NO_OPEN_SUPPORT), relaxed);
+            self.no_opendir.store(has.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT), relaxed);
         }
         let _ = config.set_max_readahead(MAX_READ as u32);
         // Upper files are real files on a local filesystem: let the kernel do their I/O
@@ -352,14 +409,25 @@ impl Filesystem for OverlayFs {
         // to a merged or upper directory is a request on it through this mount, after which
         // the kernel drops its cached listing (the directory's i_version moves) and reads the
         // new one from us.
+        if self.no_opendir.load(std::sync::atomic::Ordering::Relaxed) {
+            // Check the node still is a directory, then let the kernel skip opens: it then
+            // reads with handle 0 and keeps listings as if FOPEN_CACHE_DIR had been answered.
+            return match self.node(ino).and_then(|n| self.stack.read_dir(&n)) {
+                Ok(_) => reply.error(Errno::ENOSYS),
+                Err(e) => reply.error(fail("opendir", &e)),
+            };
+        }
         match self.open_dir(ino) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
             Err(e) => reply.error(fail("opendir", &e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(dir) = self.dirs.get(fh.0) else { return reply.error(Errno::EBADF) };
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let dir = match self.dir_handle(ino, fh.0) {
+            Ok(dir) => dir,
+            Err(e) => return reply.error(e),
+        };
         // Offsets: 1 after ".", 2 after "..", 3 + i after item i.
         let dots = [(b".".as_slice(), dir.dir), (b"..".as_slice(), dir.parent)];
         for (i, (name, dino)) in dots.iter().enumerate().skip(offset as usize) {
@@ -378,8 +446,10 @@ impl Filesystem for OverlayFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (Some(dir), Ok(dir_node)) = (self.dirs.get(fh.0), self.node(ino)) else {
-            return reply.error(Errno::EBADF);
+        let (dir, dir_node) = match (self.dir_handle(ino, fh.0), self.node(ino)) {
+            (Ok(dir), Ok(node)) => (dir, node),
+            (Err(e), _) => return reply.error(e),
+            (_, Err(e)) => return reply.error(fail("readdirplus", &e)),
         };
         // "." and ".." carry attributes but the kernel takes no reference on them.
         let dot_attr = match self.stack.attr(&dir_node) {

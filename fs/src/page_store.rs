@@ -3,13 +3,17 @@
 //! A 4 KiB random read of a SquashFS file costs the decompression of its whole block (128 KiB
 //! by default). The kernel's own squashfs fills every page of the block from that one
 //! decompression; a FUSE reader that answers only the 4 KiB asked for decompresses the block
-//! again for each neighbouring page. After a small read is answered, its block span is queued
-//! here; a background thread reads it (a cache hit in the reader) and stores it into the page
-//! cache. Done after the reply, on another thread: the pages of the request being answered are
-//! locked until the reply arrives, so storing them from the request thread would deadlock.
+//! again for each neighbouring page. So a small read reads the whole block span into a buffer
+//! from here (one decompression), answers from its slice, and hands the buffer to a background
+//! thread that stores it into the page cache. Done after the reply, on another thread: the
+//! pages of the request being answered are locked until the reply arrives, and a store waits
+//! for the locks of pages other queued reads hold, so storing from request threads could
+//! deadlock them all. The buffer carries the bytes: re-reading the block on the worker would
+//! decompress it a second time whenever the block cache dropped it meanwhile (it did, for
+//! half of all blocks of a cold random read with four readers).
 
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use fuser::{INodeNo, Notifier};
 
@@ -18,19 +22,22 @@ use crate::handles::FileHandle;
 /// Largest span stored at once.
 const MAX_SPAN: u64 = 1 << 20;
 /// Pending spans; more are dropped (the data is only an optimisation).
-const QUEUE: usize = 256;
+const QUEUE: usize = 64;
+/// Stored buffers kept for reuse (a fresh one over glibc's mmap threshold costs a zeroing
+/// fault per page).
+const KEPT: usize = 8;
 
 struct Job {
     node: u64,
-    file: Arc<FileHandle>,
     start: u64,
-    len: u64,
+    bytes: Vec<u8>,
 }
 
 /// The queue and its worker.
 pub struct PageStore {
     sender: SyncSender<Job>,
     notifier: Arc<OnceLock<Notifier>>,
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for PageStore {
@@ -45,17 +52,18 @@ impl PageStore {
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let notifier: Arc<OnceLock<Notifier>> = Arc::new(OnceLock::new());
         let worker_notifier = notifier.clone();
+        let free: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let worker_free = free.clone();
         std::thread::Builder::new().name("page-store".into()).spawn(move || {
-            let mut buf = Vec::new();
             while let Ok(job) = receiver.recv() {
-                let Some(notifier) = worker_notifier.get() else { continue };
-                buf.resize(job.len as usize, 0);
-                let Ok(n) = job.file.read_at(job.start, &mut buf) else { continue };
-                // ENOENT (inode no longer cached) and similar are harmless: skip.
-                let _ = notifier.store(INodeNo(job.node), job.start, &buf[..n]);
+                if let Some(notifier) = worker_notifier.get() {
+                    // ENOENT (inode no longer cached) and similar are harmless: skip.
+                    let _ = notifier.store(INodeNo(job.node), job.start, &job.bytes);
+                }
+                give_back(&worker_free, job.bytes);
             }
         })?;
-        Ok(PageStore { sender, notifier })
+        Ok(PageStore { sender, notifier, free })
     }
 
     /// The handle the worker needs once the session exists.
@@ -63,19 +71,39 @@ impl PageStore {
         self.notifier.clone()
     }
 
-    /// Queues the decode units around a read of `[offset, offset + size)` that was smaller
-    /// than a unit.
-    pub fn after_read(&self, node: u64, file: &Arc<FileHandle>, offset: u64, size: u64) {
-        let Some(unit) = file.decode_unit() else { return };
+    /// The span of whole decode units around a read of `[offset, offset + size)` smaller than
+    /// one unit: `(start, len)`, or None when nothing should be stored.
+    pub fn span(&self, file: &FileHandle, offset: u64, size: u64) -> Option<(u64, u64)> {
+        let unit = file.decode_unit()?;
         if size >= unit || self.notifier.get().is_none() {
-            return;
+            return None;
         }
         let start = offset / unit * unit;
-        let end = (offset + size).div_ceil(unit) * unit;
-        let len = (end - start).min(MAX_SPAN);
-        let job = Job { node, file: file.clone(), start, len };
-        if let Err(TrySendError::Disconnected(_)) = self.sender.try_send(job) {
-            tracing::debug!("page store worker gone");
+        let end = offset.saturating_add(size).div_ceil(unit).saturating_mul(unit);
+        Some((start, (end - start).min(MAX_SPAN)))
+    }
+
+    /// A buffer of `len` bytes (contents unspecified) to read a span into.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.free.lock().ok().and_then(|mut free| free.pop()).unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Queues `bytes`, read at `start` of FUSE node `node`, for storing into the page cache.
+    pub fn store(&self, node: u64, start: u64, bytes: Vec<u8>) {
+        match self.sender.try_send(Job { node, start, bytes }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => give_back(&self.free, job.bytes),
+            Err(TrySendError::Disconnected(_)) => tracing::debug!("page store worker gone"),
+        }
+    }
+}
+
+fn give_back(free: &Mutex<Vec<Vec<u8>>>, bytes: Vec<u8>) {
+    if let Ok(mut free) = free.lock() {
+        if free.len() < KEPT {
+            free.push(bytes);
         }
     }
 }

@@ -17,9 +17,8 @@
 //! Stores are done off the request threads: a page locked by a `READ` being answered is only
 //! released by that reply.
 
-use std::collections::HashMap;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use fuser::{INodeNo, Notifier};
 use parallaxfs_overlay::{Node, Stack};
@@ -51,11 +50,67 @@ struct Job {
 /// A directory's prefetch candidates: `(FUSE id, size)` in name order.
 pub type Candidates = Vec<(u64, u64)>;
 
+/// Files to read, shared by the workers. Not a `sync_channel`: std's bounded channel
+/// allocates and touches every slot up front (3 MiB, 4 ms of every mount, for a queue that is
+/// mostly empty).
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Queue {
+    /// Adds `job` unless the queue is full; false when full or closed.
+    fn push(&self, job: Job) -> bool {
+        let Ok(mut state) = self.state.lock() else { return false };
+        if state.closed || state.jobs.len() >= QUEUE {
+            return false;
+        }
+        state.jobs.push_back(job);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next job; None once closed.
+    fn pop(&self) -> Option<Job> {
+        let mut state = self.state.lock().ok()?;
+        loop {
+            if state.closed {
+                return None;
+            }
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            state = self.ready.wait(state).ok()?;
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+            state.jobs.clear();
+        }
+        self.ready.notify_all();
+    }
+}
+
 /// The queue and its workers.
 pub struct Prefetch {
     mode: Mode,
-    sender: SyncSender<Job>,
+    queue: Arc<Queue>,
     parked: Mutex<HashMap<u64, Candidates>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl std::fmt::Debug for Prefetch {
@@ -73,15 +128,12 @@ impl Prefetch {
         notifier: Arc<OnceLock<Notifier>>,
         threads: usize,
     ) -> std::io::Result<Prefetch> {
-        let (sender, receiver) = sync_channel::<Job>(QUEUE);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(Queue::default());
         for i in 0..threads.max(1) {
-            let (stack, notifier, receiver) = (stack.clone(), notifier.clone(), receiver.clone());
-            std::thread::Builder::new()
-                .name(format!("prefetch-{i}"))
-                .spawn(move || work(&stack, &notifier, &receiver))?;
+            let (stack, notifier, queue) = (stack.clone(), notifier.clone(), queue.clone());
+            std::thread::Builder::new().name(format!("prefetch-{i}")).spawn(move || work(&stack, &notifier, &queue))?;
         }
-        Ok(Prefetch { mode, sender, parked: Mutex::new(HashMap::new()) })
+        Ok(Prefetch { mode, queue, parked: Mutex::new(HashMap::new()) })
     }
 
     /// The mode.
@@ -92,13 +144,8 @@ impl Prefetch {
     /// Queues files now (`(FUSE id, node, size)`, in the order to read them).
     pub fn queue(&self, files: impl IntoIterator<Item = (u64, Node, u64)>) {
         for (ino, node, size) in files {
-            match self.sender.try_send(Job { ino, node, size }) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => return,
-                Err(TrySendError::Disconnected(_)) => {
-                    tracing::debug!("prefetch workers gone");
-                    return;
-                }
+            if !self.queue.push(Job { ino, node, size }) {
+                return;
             }
         }
     }
@@ -118,13 +165,8 @@ impl Prefetch {
     }
 }
 
-fn work(stack: &Stack, notifier: &OnceLock<Notifier>, receiver: &Mutex<Receiver<Job>>) {
-    loop {
-        let job = match receiver.lock() {
-            Ok(r) => r.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = job else { return };
+fn work(stack: &Stack, notifier: &OnceLock<Notifier>, queue: &Queue) {
+    while let Some(job) = queue.pop() {
         let Some(notifier) = notifier.get() else { continue };
         let Ok(file) = stack.open(&job.node) else { continue };
         // A buffer per file: large ones go back to the system at once (no RSS kept idle).

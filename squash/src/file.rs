@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::block_buf::BlockBuf;
 use crate::cache::{Counters, Weighed};
 use crate::error::{Error, Result};
 use crate::inode::{FileBody, Inode};
@@ -47,9 +48,14 @@ impl BlockMap {
     }
 }
 
+thread_local! {
+    /// The compressed bytes of the block being decompressed (one per thread, reused).
+    static COMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A decompressed data or fragment block.
 #[derive(Debug)]
-pub(crate) struct DataBlock(pub(crate) Box<[u8]>);
+pub(crate) struct DataBlock(pub(crate) BlockBuf);
 
 impl Weighed for DataBlock {
     fn weight(&self) -> u64 {
@@ -126,16 +132,15 @@ impl Inner {
     }
 
     fn decompress_block(&self, at: u64, len: u32, what: &'static str) -> Result<DataBlock> {
-        let mut scratch = Vec::new();
-        // One read of the whole block instead of a fault per 4 KiB page (the mapping is
-        // MADV_RANDOM for the metadata's sake).
-        self.source.prefault(at, u64::from(len));
-        let raw = self.source.get(at, len as usize, &mut scratch, what)?;
-        let mut out = vec![0u8; self.superblock.block_size as usize];
-        let n = self.superblock.compressor.decompress(raw, &mut out).map_err(|()| Error::corrupt(what, at))?;
+        let mut out = BlockBuf::with_len(self.superblock.block_size as usize);
+        let n = COMPRESSED.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let raw = self.source.get_block(at, len as usize, &mut scratch, what)?;
+            self.superblock.compressor.decompress(raw, out.as_mut_slice()).map_err(|()| Error::corrupt(what, at))
+        })?;
         out.truncate(n);
         Counters::bump(&self.counters.decompressed_bytes, n as u64);
-        Ok(DataBlock(out.into_boxed_slice()))
+        Ok(DataBlock(out))
     }
 
     /// The decompressed fragment block number `index`.
@@ -156,9 +161,9 @@ impl Inner {
             }
             BlockKind::Uncompressed(len) => {
                 self.fragment_cache.get_or_load(entry.start, &c.fragment_hits, &c.fragment_misses, || {
-                    let mut buf = vec![0u8; len as usize];
-                    self.source.read_into(entry.start, &mut buf, "fragment block")?;
-                    Ok(DataBlock(buf.into_boxed_slice()))
+                    let mut buf = BlockBuf::with_len(len as usize);
+                    self.source.read_into(entry.start, buf.as_mut_slice(), "fragment block")?;
+                    Ok(DataBlock(buf))
                 })
             }
             BlockKind::Compressed(len) => {

@@ -14,6 +14,7 @@
 //!   every fault is an [`Error::Corrupt`] naming what and where.
 #![deny(missing_docs)]
 
+mod block_buf;
 mod cache;
 mod check;
 mod compress;
@@ -111,7 +112,7 @@ impl Image {
         }
         let source = match source::resolve_mode(opts.io, &file) {
             IoMode::Pread => Source::pread(file, sb.bytes_used),
-            _ => Source::mmap(&file, sb.bytes_used)?,
+            _ => Source::mmap(file, sb.bytes_used)?,
         };
         Image::from_source(sb, source, &opts.cache)
     }

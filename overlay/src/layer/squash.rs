@@ -1,5 +1,6 @@
 //! A SquashFS image as a layer, read in process through `parallaxfs-squash`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parallaxfs_squash::{Image, Inode, Kind};
@@ -14,12 +15,24 @@ pub struct SquashLayer {
     image: Image,
     /// Position in the stack, for error messages.
     index: usize,
+    /// The inode and directory tables were asked for (at the first lookup).
+    tables_asked: AtomicBool,
 }
 
 impl SquashLayer {
     /// Wraps an open image; `index` is its position among the lowers (for messages).
     pub fn new(image: Image, index: usize) -> SquashLayer {
-        SquashLayer { image, index }
+        SquashLayer { image, index, tables_asked: AtomicBool::new(false) }
+    }
+
+    /// At the first lookup, a walk is starting: have the inode and directory tables read in
+    /// the background, in large sequential reads instead of one small read per block when the
+    /// walk reaches it. Not at open: the mount would wait behind those reads.
+    fn ask_for_tables(&self) {
+        if !self.tables_asked.swap(true, Ordering::Relaxed) {
+            let image = self.image.clone();
+            let _ = std::thread::Builder::new().name("tables".into()).spawn(move || image.prefetch_metadata());
+        }
     }
 
     fn err(&self, source: parallaxfs_squash::Error) -> Error {
@@ -78,6 +91,7 @@ impl Layer for SquashLayer {
     }
 
     fn lookup(&self, dir: &Handle, name: &[u8]) -> Result<Option<Handle>> {
+        self.ask_for_tables();
         let dir = self.inode(dir)?;
         let Some(entry) = self.image.lookup(dir, name).map_err(|e| self.err(e))? else { return Ok(None) };
         let inode = self.image.inode(entry.inode_ref).map_err(|e| self.err(e))?;
