@@ -25,7 +25,7 @@ const MAX_SPAN: u64 = 1 << 20;
 const QUEUE: usize = 64;
 /// Stored buffers kept for reuse (a fresh one over glibc's mmap threshold costs a zeroing
 /// fault per page).
-const KEPT: usize = 8;
+const KEPT: usize = 2;
 
 struct Job {
     node: u64,

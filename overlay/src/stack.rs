@@ -105,6 +105,9 @@ pub struct Stack {
     /// Changes to the union vs. the subtree-copy rename of a lower directory (see
     /// [`Stack::changes`]).
     tree_lock: std::sync::RwLock<()>,
+    /// The one never-set upper cell every node of a read-only stack shares (a cell per node
+    /// was 80 bytes of each of the kernel's cached inodes).
+    no_upper: Arc<OnceLock<LayerDir>>,
 }
 
 /// Held while a change is made to the union: shared by ordinary changes, exclusive for the
@@ -133,7 +136,15 @@ impl Stack {
         }
         let copy_locks = (0..64).map(|_| std::sync::Mutex::new(())).collect();
         let tree_lock = std::sync::RwLock::new(());
-        Ok(Stack { lowers, upper: None, numbers: InodeNumbers::default(), options, copy_locks, tree_lock })
+        Ok(Stack {
+            lowers,
+            upper: None,
+            numbers: InodeNumbers::default(),
+            options,
+            copy_locks,
+            tree_lock,
+            no_upper: Arc::default(),
+        })
     }
 
     /// Adds a writable upper layer: the union becomes copy-on-write.
@@ -213,20 +224,21 @@ impl Stack {
             (None, Some(u)) => self.number(UPPER, &u.handle)?,
             (None, None) => return Err(Error::NotFound),
         };
-        let cell = OnceLock::new();
-        if let Some(u) = upper {
-            let _ = cell.set(u);
-        }
-        Ok(Node { ino, kind: FileKind::Dir, object: Object::Dir(lowers.into()), upper: Arc::new(cell) })
+        Ok(Node { ino, kind: FileKind::Dir, object: Object::Dir(lowers.into()), upper: self.upper_cell(upper) })
     }
 
     pub(crate) fn leaf_node(&self, layer: usize, handle: Handle, kind: FileKind) -> Result<Node> {
         let ino = self.number(layer, &handle)?;
-        let cell = OnceLock::new();
-        if layer == UPPER {
-            let _ = cell.set(LayerDir { layer, handle: handle.clone(), mark: DirMark::Transparent });
+        let upper = (layer == UPPER).then(|| LayerDir { layer, handle: handle.clone(), mark: DirMark::Transparent });
+        Ok(Node { ino, kind, object: Object::Leaf { layer, handle }, upper: self.upper_cell(upper) })
+    }
+
+    /// A node's upper cell holding `upper`; in a read-only stack, the shared empty one.
+    fn upper_cell(&self, upper: Option<LayerDir>) -> Arc<OnceLock<LayerDir>> {
+        match upper {
+            None if self.upper.is_none() => self.no_upper.clone(),
+            upper => Arc::new(upper.map_or_else(OnceLock::new, OnceLock::from)),
         }
-        Ok(Node { ino, kind, object: Object::Leaf { layer, handle }, upper: Arc::new(cell) })
     }
 
     /// The root directory.

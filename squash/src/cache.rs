@@ -32,7 +32,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         // File data belongs in the kernel page cache (FUSE keep_cache); these only absorb
         // unaligned and repeated reads. Sized so a daemon stays well under 16 MiB RSS.
-        CacheConfig { metadata_bytes: 6 << 20, fragment_bytes: 2 << 20, data_bytes: 2 << 20, inodes: 8 * 1024 }
+        CacheConfig { metadata_bytes: 2 << 20, fragment_bytes: 512 << 10, data_bytes: 512 << 10, inodes: 1024 }
     }
 }
 
