@@ -35,7 +35,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Let the kernel check permissions from the mode bits.
     pub default_permissions: bool,
-    /// Request-serving threads (each with its own cloned /dev/fuse fd).
+    /// Request-serving threads (each with its own cloned /dev/fuse fd); default: one per
+    /// core, at least 4 (`threads=N` sets it).
     pub threads: usize,
     /// Source name shown in /proc/mounts.
     pub fs_name: String,
@@ -49,7 +50,11 @@ impl Default for MountOptions {
             read_only: true,
             allow_other: false,
             default_permissions: true,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // At least 4: a thread waiting on the image's storage (a cold block, a network
+            // filesystem) serves nothing meanwhile; with one per core, 2 cores kept only 2
+            // reads in flight where the kernel's squashfs has one per reader (cold 4 KiB
+            // random reads, 4 readers: 0.92x -> 1.18x the kernel's IOPS).
+            threads: std::thread::available_parallelism().map_or(4, |n| n.get().max(4)),
             fs_name: "parallaxfs".into(),
             extra: Vec::new(),
         }

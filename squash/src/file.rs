@@ -183,6 +183,9 @@ impl Inner {
         let bs = u64::from(self.superblock.block_size);
         let end = inode.size.min(offset.saturating_add(buf.len() as u64));
         let map = if file.block_count > 0 { Some(self.block_map(file)?) } else { None };
+        if let Some(map) = &map {
+            self.ask_for_blocks(map, offset / bs, (end - 1) / bs);
+        }
         let mut pos = offset;
         while pos < end {
             let k = pos / bs;
@@ -201,6 +204,21 @@ impl Inner {
             pos += n as u64;
         }
         Ok((end - offset) as usize)
+    }
+
+    /// A read of blocks `first..=last` (more than one): one hint for all their bytes, so the
+    /// storage reads them in one go while the first is decompressed.
+    pub(crate) fn ask_for_blocks(&self, map: &BlockMap, first: u64, last: u64) {
+        let last = last.min(map.len() as u64 - 1);
+        if first >= last {
+            return;
+        }
+        let (start, _) = map.block(first as usize);
+        let (at, word) = map.block(last as usize);
+        let end = at + u64::from(word & (UNCOMPRESSED - 1));
+        if end > start {
+            self.source.will_need(start, end - start);
+        }
     }
 
     fn copy_block(&self, at: u64, word: u32, logical: usize, within: usize, dst: &mut [u8]) -> Result<()> {

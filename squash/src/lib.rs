@@ -264,6 +264,21 @@ impl Image {
         self.inner.read_at(file, offset, buf)
     }
 
+    /// Non-blocking hint that file bytes `[offset, offset + len)` will be read soon: the
+    /// storage is asked for the blocks holding them (a reader's read-ahead of a sequential
+    /// stream; the image itself is read without the kernel's readahead).
+    pub fn will_read(&self, file: &Inode, offset: u64, len: u64) -> Result<()> {
+        let body = file.file()?;
+        if body.block_count == 0 || len == 0 || offset >= file.size {
+            return Ok(());
+        }
+        let bs = u64::from(self.inner.superblock.block_size);
+        let last = (file.size.min(offset.saturating_add(len)) - 1) / bs;
+        let map = self.inner.block_map(body)?;
+        self.inner.ask_for_blocks(&map, offset / bs, last.max(offset / bs + 1));
+        Ok(())
+    }
+
     /// The file's data block map (for tools that walk blocks, e.g. copy-up skipping holes).
     pub fn block_map(&self, file: &Inode) -> Result<Option<Arc<BlockMap>>> {
         let body = file.file()?;

@@ -107,6 +107,10 @@ impl Source {
         let map = unsafe { memmap2::MmapOptions::new().len(map_len).map(&file)? };
         // Metadata lookups are random; readahead windows would waste I/O on remote storage.
         let _ = map.advise(Advice::Random);
+        // Data blocks are read with pread on this file: no readahead past what is asked for
+        // (a container start would otherwise pull in MiBs it never touches); a read of
+        // several blocks asks for all of them at once (`will_need`).
+        let _ = nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
         Ok(Source { kind: Kind::Mmap { map, file }, limit: len })
     }
 
@@ -187,7 +191,8 @@ impl Source {
         Ok(())
     }
 
-    /// Non-blocking hint that `[off, off+len)` will be read soon (the metadata tables).
+    /// Non-blocking hint that `[off, off+len)` will be read soon (the metadata tables, the
+    /// blocks of a read of several blocks).
     pub(crate) fn will_need(&self, off: u64, len: u64) {
         let (Ok(o), Ok(l)) = (usize::try_from(off), usize::try_from(len)) else { return };
         match &self.kind {

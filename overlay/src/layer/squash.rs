@@ -1,6 +1,6 @@
 //! A SquashFS image as a layer, read in process through `parallaxfs-squash`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parallaxfs_squash::{Image, Inode, Kind};
@@ -72,10 +72,20 @@ struct SquashFile {
     image: Image,
     inode: Arc<Inode>,
     index: usize,
+    /// Where the last read ended: a read starting there continues a sequential stream.
+    next: AtomicU64,
 }
 
 impl FileReader for SquashFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let len = buf.len() as u64;
+        // A stream read in order: ask the storage now for the next two reads' blocks, so that
+        // they arrive while this one is decompressed (the image has no kernel readahead, so
+        // a scattered reader, a container start, reads only what it touches).
+        let previous_end = self.next.swap(offset + len, Ordering::Relaxed);
+        if offset > 0 && previous_end == offset {
+            let _ = self.image.will_read(&self.inode, offset + len, 2 * len);
+        }
         self.image.read_at(&self.inode, offset, buf).map_err(|source| Error::Squash { layer: self.index, source })
     }
 
@@ -143,7 +153,7 @@ impl Layer for SquashLayer {
         if inode.kind != Kind::File {
             return Err(Error::IsDir);
         }
-        Ok(Box::new(SquashFile { image: self.image.clone(), inode, index: self.index }))
+        Ok(Box::new(SquashFile { image: self.image.clone(), inode, index: self.index, next: AtomicU64::new(0) }))
     }
 
     fn statfs(&self) -> Result<StatFs> {
