@@ -35,8 +35,9 @@ pub type ChainBuf = Vec<(Box<[u8]>, Node)>;
 /// First copies of multiply-linked objects during a tree copy: (layer, ino) → (dir, name).
 type Links = HashMap<(usize, u64), (Arc<OwnedFd>, CString)>;
 
-/// Copy-up data chunk (the kernel's `OVL_COPY_UP_CHUNK_SIZE`).
+/// Copy-up data chunk read from the lower at once (the kernel's `OVL_COPY_UP_CHUNK_SIZE`).
 const CHUNK: usize = 1 << 20;
+
 
 fn timespec(t: Time) -> TimeSpec {
     TimeSpec::new(t.secs, i64::from(t.nsecs))
@@ -294,6 +295,14 @@ impl Stack {
                 }
                 file.set_len(if data { attr.size } else { 0 })?;
                 self.upper()?.sync(file.as_fd(), false)?;
+                if data && !self.upper()?.volatile() {
+                    // The copy is on disk: drop its pages. ext4 (Linux 6.18) keeps each 1 MiB
+                    // write as one 1 MiB folio, and every later 4 KiB write into one walks all
+                    // 256 of its block buffers: random 4 KiB writes to a just-copied-up file
+                    // ran at 70-90k IOPS instead of 360-430k (perf: 68% of the time in
+                    // `ext4_block_write_begin`). Smaller writes cost the copy-up 20% instead.
+                    let _ = nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+                }
             }
             FileKind::Symlink => {
                 let target = l.read_link(handle)?;
