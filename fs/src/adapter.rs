@@ -146,21 +146,40 @@ impl OverlayFs {
     }
 
     fn open_dir(&self, ino: INodeNo) -> Result<u64, Error> {
-        Ok(self.dirs.insert(self.listing(ino)?))
+        if !self.stack.writable() {
+            return Ok(self.dirs.insert(self.listing(ino)?));
+        }
+        // Listed at the first READDIR (see `dir_handle`): a walk the kernel answers from its
+        // cached listing opens and releases without reading one.
+        let dir = self.node(ino)?;
+        if dir.kind != parallaxfs_overlay::FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
+        Ok(self.dirs.insert(DirHandle { dir: dir.ino, parent, items: Vec::new(), listed: false }))
     }
 
     fn listing(&self, ino: INodeNo) -> Result<DirHandle, Error> {
         let dir = self.node(ino)?;
         let items = self.stack.read_dir(&dir)?;
         let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
-        Ok(DirHandle { dir: dir.ino, parent, items })
+        Ok(DirHandle { dir: dir.ino, parent, items, listed: true })
     }
 
-    /// The listing a READDIR with handle `fh` reads: the open handle's, or with handle 0
-    /// (read-only mounts, no OPENDIR) the directory's, kept between the requests of a listing.
-    fn dir_handle(&self, ino: INodeNo, fh: u64) -> Result<std::sync::Arc<DirHandle>, Errno> {
+    /// The listing a READDIR at `offset` with handle `fh` reads: the open handle's, or with
+    /// handle 0 (read-only mounts, no OPENDIR) the directory's, kept between the requests of a
+    /// listing. A writable union lists afresh at offset 0: the kernel keeps what it reads
+    /// (FOPEN_CACHE_DIR) as the listing of the directory's version *at that request*, so a
+    /// listing taken at OPENDIR, before a change that came between, would stay in its cache
+    /// (a rename into the directory went missing from later walks).
+    fn dir_handle(&self, ino: INodeNo, fh: u64, offset: u64) -> Result<std::sync::Arc<DirHandle>, Errno> {
         if fh != 0 {
-            return self.dirs.get(fh).ok_or(Errno::EBADF);
+            let handle = self.dirs.get(fh).ok_or(Errno::EBADF)?;
+            if self.stack.writable() && (offset == 0 || !handle.listed) {
+                let fresh = self.listing(ino).map_err(|e| fail("readdir", &e))?;
+                return self.dirs.replace(fh, fresh).ok_or(Errno::EBADF);
+            }
+            return Ok(handle);
         }
         if self.stack.writable() {
             return Err(Errno::EBADF);
@@ -424,7 +443,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let dir = match self.dir_handle(ino, fh.0) {
+        let dir = match self.dir_handle(ino, fh.0, offset) {
             Ok(dir) => dir,
             Err(e) => return reply.error(e),
         };
@@ -446,7 +465,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (dir, dir_node) = match (self.dir_handle(ino, fh.0), self.node(ino)) {
+        let (dir, dir_node) = match (self.dir_handle(ino, fh.0, offset), self.node(ino)) {
             (Ok(dir), Ok(node)) => (dir, node),
             (Err(e), _) => return reply.error(e),
             (_, Err(e)) => return reply.error(fail("readdirplus", &e)),

@@ -34,6 +34,13 @@ impl<T> Handles<T> {
     }
 
     /// Releases handle `fh`.
+    /// Replaces the value of open handle `fh` (if it is still open) and returns it.
+    pub fn replace(&self, fh: u64, value: T) -> Option<Arc<T>> {
+        let mut slot = self.map.get_mut(&fh)?;
+        *slot = Arc::new(value);
+        Some(slot.clone())
+    }
+
     pub fn remove(&self, fh: u64) {
         self.map.remove(&fh);
     }
@@ -94,4 +101,6 @@ pub struct DirHandle {
     pub parent: u64,
     /// Entries after `.` and `..`.
     pub items: Vec<DirItem>,
+    /// `items` were read (a writable union's OPENDIR leaves that to the first READDIR).
+    pub listed: bool,
 }

@@ -38,7 +38,6 @@ type Links = HashMap<(usize, u64), (Arc<OwnedFd>, CString)>;
 /// Copy-up data chunk read from the lower at once (the kernel's `OVL_COPY_UP_CHUNK_SIZE`).
 const CHUNK: usize = 1 << 20;
 
-
 fn timespec(t: Time) -> TimeSpec {
     TimeSpec::new(t.secs, i64::from(t.nsecs))
 }
