@@ -413,21 +413,71 @@ impl Stack {
 }
 
 /// Copies file data, skipping holes: all-zero chunks of the source are not written, so sparse
-/// files stay sparse whatever layer they come from.
+/// files stay sparse whatever layer they come from. A file of several chunks is read by two
+/// threads (alternate chunks; a SquashFS lower decompresses on both cores) while this one
+/// writes them in order.
 fn copy_data(layer: &dyn Layer, handle: &Handle, to: &File, size: u64) -> Result<()> {
     let reader = layer.open(handle)?;
-    let mut buf = vec![0u8; CHUNK.min(usize::try_from(size).unwrap_or(CHUNK)).max(1)];
-    let mut off = 0u64;
-    while off < size {
-        let want = buf.len().min(usize::try_from(size - off).unwrap_or(buf.len()));
-        let n = reader.read_at(off, &mut buf[..want])?;
+    let chunks = size.div_ceil(CHUNK as u64);
+    if chunks <= 1 {
+        let mut buf = vec![0u8; usize::try_from(size).unwrap_or(CHUNK).clamp(1, CHUNK)];
+        let n = read_chunk(&*reader, 0, size, &mut buf)?;
+        return write_chunk(to, 0, &buf[..n]);
+    }
+    std::thread::scope(|scope| {
+        let reader = &*reader;
+        let mut lanes = Vec::new();
+        for lane in 0..READERS {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(Vec<u8>, usize)>>(1);
+            let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let _ = empty_tx.send(vec![0u8; CHUNK]);
+            scope.spawn(move || {
+                for k in (lane as u64..chunks).step_by(READERS) {
+                    let Ok(mut buf) = empty_rx.recv() else { return };
+                    let read = read_chunk(reader, k * CHUNK as u64, size, &mut buf).map(|n| (buf, n));
+                    let failed = read.is_err();
+                    if full_tx.send(read).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            lanes.push((full_rx, empty_tx));
+        }
+        for k in 0..chunks {
+            let (full_rx, empty_tx) = &lanes[(k % READERS as u64) as usize];
+            let (buf, n) = full_rx.recv().map_err(|_| Error::Io(std::io::Error::other("copy-up reader ended")))??;
+            write_chunk(to, k * CHUNK as u64, &buf[..n])?;
+            if n < CHUNK {
+                break;
+            }
+            let _ = empty_tx.send(buf);
+        }
+        // Dropping the lanes ends readers still waiting for a buffer.
+        Ok(())
+    })
+}
+
+/// Threads reading a copy-up's chunks.
+const READERS: usize = 2;
+
+/// Reads chunk at `off` of a `size`-byte file into `buf`; returns its length.
+fn read_chunk(reader: &dyn crate::layer::FileReader, off: u64, size: u64, buf: &mut [u8]) -> Result<usize> {
+    let want = buf.len().min(usize::try_from(size.saturating_sub(off)).unwrap_or(buf.len()));
+    let mut got = 0;
+    while got < want {
+        let n = reader.read_at(off + got as u64, &mut buf[got..want])?;
         if n == 0 {
             break;
         }
-        if buf[..n].iter().any(|&b| b != 0) {
-            to.write_all_at(&buf[..n], off)?;
-        }
-        off += n as u64;
+        got += n;
+    }
+    Ok(got)
+}
+
+/// Writes a chunk unless it is all zeros (a hole).
+fn write_chunk(to: &File, off: u64, bytes: &[u8]) -> Result<()> {
+    if bytes.iter().any(|&b| b != 0) {
+        to.write_all_at(bytes, off)?;
     }
     Ok(())
 }
