@@ -26,7 +26,8 @@ Podman mount_program form (as fuse-overlayfs):
   LAYER is a directory or a SquashFS image file, topmost first. Without upperdir the union is
   read-only. OPTION: squash_io=auto|mmap|pread, prefetch=N (read-only: N threads read the
   small files of each listed directory into the page cache ahead of their readers; by default
-  two threads do it for a directory once one of its files is read; 0: never), FUSE words
+  two threads do it for a directory once one of its files is read; 0: never), threads=N
+  (FUSE request threads, 1-64; default one per core, at least 4), FUSE words
   (allow_other, suid, nodev, ...); unknown options are warned about and ignored.
 
 Environment: PARALLAXFS_LOG sets the log filter (e.g. debug); PARALLAXFS_LOG_FILE sends the
