@@ -315,3 +315,38 @@ fn threads_option_is_checked() {
     assert_eq!(fs::read(mp.join("f")).unwrap(), b"x");
     m.unmount();
 }
+
+/// Images with 1 MiB blocks: small reads inside a block are answered from the whole block (as
+/// above), and small reads across the boundary of two blocks, whose span is larger than what
+/// one store takes, are still answered whole (a short answer there would tell the kernel the
+/// file ends early).
+#[test]
+fn small_reads_across_one_mib_blocks_are_answered_whole() {
+    require_root();
+    let scratch = Scratch::new("mib-blocks");
+    let src = scratch.mkdir("src/d");
+    let mut rng = SmallRng::seed_from_u64(0x1b10c);
+    let mut bytes = Vec::with_capacity(3 << 20);
+    while bytes.len() < (3 << 20) + 12345 {
+        bytes.extend_from_slice(format!("{:08x} ", rng.gen::<u32>()).as_bytes());
+    }
+    bytes.truncate((3 << 20) + 12345);
+    fs::write(src.join("f"), &bytes).unwrap();
+    let image = scratch.path().join("mib.squash");
+    mksquashfs_with(src.parent().unwrap(), &image, &["-b", "1M"]);
+    let mp = scratch.mkdir("mp");
+    let m = mount_with(&[image], &mp, ",prefetch=0");
+    drop_caches();
+    let f = fs::File::open(mp.join("d/f")).unwrap();
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM).unwrap();
+    const MIB: u64 = 1 << 20;
+    for (off, len) in [(MIB - 4096, 8192), (2 * MIB - 100, 300), (MIB + 8192, 4096), (3 * MIB, 12345), (5, 7)] {
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off).unwrap_or_else(|e| panic!("{len} bytes at {off}: {e}"));
+        assert!(buf[..] == bytes[off as usize..][..len], "{len} bytes at {off}: wrong bytes");
+    }
+    assert_eq!(fs::metadata(mp.join("d/f")).unwrap().len(), bytes.len() as u64, "size after the small reads");
+    assert!(fs::read(mp.join("d/f")).unwrap() == bytes, "the whole file after the small reads");
+    drop(f);
+    m.unmount();
+}

@@ -80,7 +80,9 @@ impl PageStore {
         }
         let start = offset / unit * unit;
         let end = offset.saturating_add(size).div_ceil(unit).saturating_mul(unit);
-        Some((start, (end - start).min(MAX_SPAN)))
+        // The span must hold the whole request (it is answered from it): a read across the
+        // boundary of two large units (1 MiB blocks) is read as asked, not stored.
+        (end - start <= MAX_SPAN).then_some((start, end - start))
     }
 
     /// A buffer of `len` bytes (contents unspecified) to read a span into.
