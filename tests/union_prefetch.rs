@@ -220,9 +220,10 @@ fn a_small_read_caches_its_whole_block_with_the_source_bytes() {
     mksquashfs(src.parent().unwrap(), &image);
     let mp = scratch.mkdir("mp");
     // prefetch=0: only the block store can make pages resident.
-    let m = mount_with(&[image], &mp, ",prefetch=0");
+    // A fresh mount's files have an empty page cache (no `drop_caches`: other tests of this
+    // binary, running at the same time, wait for pages to become resident).
+    let m = mount_with(std::slice::from_ref(&image), &mp, ",prefetch=0");
     let path = mp.join("blocks/text");
-    drop_caches();
     assert_eq!(resident(&path), 0, "nothing resident before the read");
 
     const BLOCK: u64 = 128 << 10;
@@ -241,8 +242,11 @@ fn a_small_read_caches_its_whole_block_with_the_source_bytes() {
     assert!(block[..] == bytes[(5 * BLOCK) as usize..][..BLOCK as usize], "the stored block's bytes");
     drop(f);
 
-    // Four threads, small reads at random places in random order; then the whole file.
-    drop_caches();
+    // Four threads, small reads at random places in random order on a fresh mount; then the
+    // whole file.
+    m.unmount();
+    let m = mount_with(&[image], &mp, ",prefetch=0");
+    assert_eq!(resident(&path), 0, "nothing resident on the fresh mount");
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let (path, bytes) = (&path, &bytes);
@@ -336,7 +340,6 @@ fn small_reads_across_one_mib_blocks_are_answered_whole() {
     mksquashfs_with(src.parent().unwrap(), &image, &["-b", "1M"]);
     let mp = scratch.mkdir("mp");
     let m = mount_with(&[image], &mp, ",prefetch=0");
-    drop_caches();
     let f = fs::File::open(mp.join("d/f")).unwrap();
     nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM).unwrap();
     const MIB: u64 = 1 << 20;
