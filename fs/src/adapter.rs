@@ -151,12 +151,18 @@ impl OverlayFs {
         }
         // Listed at the first READDIR (see `dir_handle`): a walk the kernel answers from its
         // cached listing opens and releases without reading one.
-        let dir = self.node(ino)?;
-        if dir.kind != parallaxfs_overlay::FileKind::Dir {
-            return Err(Error::NotDir);
-        }
+        let dir = self.dir_node(ino)?;
         let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
         Ok(self.dirs.insert(DirHandle { dir: dir.ino, parent, items: Vec::new(), listed: false }))
+    }
+
+    /// Node `ino`, which must be a directory.
+    fn dir_node(&self, ino: INodeNo) -> Result<Node, Error> {
+        let dir = self.node(ino)?;
+        match dir.kind {
+            parallaxfs_overlay::FileKind::Dir => Ok(dir),
+            _ => Err(Error::NotDir),
+        }
     }
 
     fn listing(&self, ino: INodeNo) -> Result<DirHandle, Error> {
@@ -431,7 +437,7 @@ impl Filesystem for OverlayFs {
         if self.no_opendir.load(std::sync::atomic::Ordering::Relaxed) {
             // Check the node still is a directory, then let the kernel skip opens: it then
             // reads with handle 0 and keeps listings as if FOPEN_CACHE_DIR had been answered.
-            return match self.node(ino).and_then(|n| self.stack.read_dir(&n)) {
+            return match self.dir_node(ino) {
                 Ok(_) => reply.error(Errno::ENOSYS),
                 Err(e) => reply.error(fail("opendir", &e)),
             };

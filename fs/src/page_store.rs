@@ -13,9 +13,10 @@
 //! half of all blocks of a cold random read with four readers).
 
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use fuser::{INodeNo, Notifier};
+use parallaxfs_overlay::squash::BufferPool;
 
 use crate::handles::FileHandle;
 
@@ -23,9 +24,6 @@ use crate::handles::FileHandle;
 const MAX_SPAN: u64 = 1 << 20;
 /// Pending spans; more are dropped (the data is only an optimisation).
 const QUEUE: usize = 64;
-/// Stored buffers kept for reuse (a fresh one over glibc's mmap threshold costs a zeroing
-/// fault per page).
-const KEPT: usize = 2;
 
 struct Job {
     node: u64,
@@ -37,7 +35,7 @@ struct Job {
 pub struct PageStore {
     sender: SyncSender<Job>,
     notifier: Arc<OnceLock<Notifier>>,
-    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    free: Arc<BufferPool>,
 }
 
 impl std::fmt::Debug for PageStore {
@@ -52,7 +50,8 @@ impl PageStore {
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let notifier: Arc<OnceLock<Notifier>> = Arc::new(OnceLock::new());
         let worker_notifier = notifier.clone();
-        let free: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        // Two spans' worth of buffers wait for reuse.
+        let free = Arc::new(BufferPool::new(2, 2 * MAX_SPAN as usize));
         let worker_free = free.clone();
         std::thread::Builder::new().name("page-store".into()).spawn(move || {
             while let Ok(job) = receiver.recv() {
@@ -60,7 +59,7 @@ impl PageStore {
                     // ENOENT (inode no longer cached) and similar are harmless: skip.
                     let _ = notifier.store(INodeNo(job.node), job.start, &job.bytes);
                 }
-                give_back(&worker_free, job.bytes);
+                worker_free.give(job.bytes);
             }
         })?;
         Ok(PageStore { sender, notifier, free })
@@ -87,25 +86,15 @@ impl PageStore {
 
     /// A buffer of `len` bytes (contents unspecified) to read a span into.
     pub fn buffer(&self, len: usize) -> Vec<u8> {
-        let mut buf = self.free.lock().ok().and_then(|mut free| free.pop()).unwrap_or_default();
-        buf.resize(len, 0);
-        buf
+        self.free.take(len)
     }
 
     /// Queues `bytes`, read at `start` of FUSE node `node`, for storing into the page cache.
     pub fn store(&self, node: u64, start: u64, bytes: Vec<u8>) {
         match self.sender.try_send(Job { node, start, bytes }) {
             Ok(()) => {}
-            Err(TrySendError::Full(job)) => give_back(&self.free, job.bytes),
+            Err(TrySendError::Full(job)) => self.free.give(job.bytes),
             Err(TrySendError::Disconnected(_)) => tracing::debug!("page store worker gone"),
-        }
-    }
-}
-
-fn give_back(free: &Mutex<Vec<Vec<u8>>>, bytes: Vec<u8>) {
-    if let Ok(mut free) = free.lock() {
-        if free.len() < KEPT {
-            free.push(bytes);
         }
     }
 }

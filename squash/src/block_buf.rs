@@ -7,38 +7,50 @@
 
 use std::sync::Mutex;
 
-/// Buffers kept for reuse, at most; more are freed.
-const KEPT: usize = 8;
-/// Bytes kept for reuse, at most (8 blocks of 128 KiB, one of 1 MiB).
-const KEPT_BYTES: usize = 1 << 20;
+/// Freed byte buffers waiting to be filled again, up to a count and a byte total (a fresh
+/// buffer over the mmap threshold costs a zeroing fault per page). Also used by the FUSE side
+/// for the spans it stores into the page cache.
+#[derive(Debug)]
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    kept: usize,
+    kept_bytes: usize,
+}
 
-/// Freed buffers waiting to be reused.
-struct Pool(Mutex<Vec<Vec<u8>>>);
-
-impl Pool {
-    /// A freed buffer of at least `len` bytes' capacity, if one waits.
-    fn take(&self, len: usize) -> Option<Vec<u8>> {
-        let mut free = self.0.lock().ok()?;
-        let at = free.iter().rposition(|b| b.capacity() >= len)?;
-        Some(free.swap_remove(at))
+impl BufferPool {
+    /// A pool keeping at most `kept` buffers and `kept_bytes` bytes.
+    pub const fn new(kept: usize, kept_bytes: usize) -> BufferPool {
+        BufferPool { free: Mutex::new(Vec::new()), kept, kept_bytes }
     }
 
-    /// Keeps `buf` for reuse while the pool holds fewer than [`KEPT`] buffers and
-    /// [`KEPT_BYTES`] bytes; frees it otherwise.
-    fn give(&self, buf: Vec<u8>) {
+    /// A buffer of `len` bytes whose contents are unspecified (a reused buffer keeps old
+    /// bytes): the caller overwrites what it keeps.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut free| {
+            let at = free.iter().rposition(|b| b.capacity() >= len)?;
+            Some(free.swap_remove(at))
+        });
+        let mut buf = reused.unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Keeps `buf` for reuse within the pool's limits; frees it otherwise.
+    pub fn give(&self, buf: Vec<u8>) {
         if buf.capacity() == 0 {
             return;
         }
-        if let Ok(mut free) = self.0.lock() {
+        if let Ok(mut free) = self.free.lock() {
             let kept: usize = free.iter().map(Vec::capacity).sum();
-            if free.len() < KEPT && kept + buf.capacity() <= KEPT_BYTES {
+            if free.len() < self.kept && kept + buf.capacity() <= self.kept_bytes {
                 free.push(buf);
             }
         }
     }
 }
 
-static FREE: Pool = Pool(Mutex::new(Vec::new()));
+/// Block buffers: 8 blocks of 128 KiB, one of 1 MiB.
+static FREE: BufferPool = BufferPool::new(8, 1 << 20);
 
 /// A byte buffer that goes back to the pool when dropped.
 #[derive(Debug, Default)]
@@ -48,9 +60,7 @@ impl BlockBuf {
     /// A buffer of `len` bytes whose contents are unspecified (a reused buffer keeps old
     /// bytes); the caller overwrites what it keeps.
     pub(crate) fn with_len(len: usize) -> BlockBuf {
-        let mut buf = FREE.take(len).unwrap_or_default();
-        buf.resize(len, 0);
-        BlockBuf(buf)
+        BlockBuf(FREE.take(len))
     }
 
     /// Shortens the buffer to its first `len` bytes.
@@ -78,26 +88,27 @@ impl Drop for BlockBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::{Pool, KEPT, KEPT_BYTES};
-    use std::sync::Mutex;
+    use super::BufferPool;
 
     #[test]
     fn the_pool_reuses_buffers_within_its_count_and_byte_limits() {
-        let pool = Pool(Mutex::new(Vec::new()));
+        let pool = BufferPool::new(8, 1 << 20);
         let small = vec![7u8; 4096];
         let ptr = small.as_ptr();
         pool.give(small);
-        let again = pool.take(4096).expect("the freed buffer waits");
+        let again = pool.take(4096);
         assert_eq!(again.as_ptr(), ptr, "the same buffer comes back");
-        assert!(pool.take(1).is_none(), "taken once only");
-        for _ in 0..KEPT + 3 {
+        assert_eq!(again.len(), 4096);
+        assert!(pool.free.lock().unwrap().is_empty(), "taken once only");
+        for _ in 0..8 + 3 {
             pool.give(Vec::with_capacity(1024));
         }
-        assert_eq!(pool.0.lock().unwrap().len(), KEPT, "at most {KEPT} buffers");
-        assert!(pool.take(2048).is_none(), "none of them is large enough for 2 KiB");
-        let pool = Pool(Mutex::new(Vec::new()));
-        pool.give(Vec::with_capacity(KEPT_BYTES));
+        assert_eq!(pool.free.lock().unwrap().len(), 8, "at most 8 buffers");
+        assert_eq!(pool.take(2048).len(), 2048, "a new buffer when none is large enough");
+        assert_eq!(pool.free.lock().unwrap().len(), 8, "the small ones stay");
+        let pool = BufferPool::new(8, 1 << 20);
+        pool.give(Vec::with_capacity(1 << 20));
         pool.give(Vec::with_capacity(4096));
-        assert_eq!(pool.0.lock().unwrap().len(), 1, "at most {KEPT_BYTES} bytes");
+        assert_eq!(pool.free.lock().unwrap().len(), 1, "at most 1 MiB");
     }
 }

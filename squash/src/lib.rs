@@ -34,6 +34,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use block_buf::BufferPool;
 pub use cache::{CacheConfig, Stats};
 pub use check::{check, CheckFault, CheckReport};
 pub use compress::{Compressor, CompressorOptions};

@@ -173,10 +173,12 @@ impl Source {
         scratch: &'a mut Vec<u8>,
         what: &'static str,
     ) -> Result<&'a [u8]> {
-        let r = self.range(off, len, what)?;
         match &self.kind {
-            Kind::Bytes(b) => Ok(&b[r]),
-            Kind::Mmap { file, .. } | Kind::Pread(file) => pread_into(file, off, len, scratch),
+            Kind::Mmap { file, .. } => {
+                self.range(off, len, what)?;
+                pread_into(file, off, len, scratch)
+            }
+            _ => self.get(off, len, scratch, what),
         }
     }
 
