@@ -18,7 +18,8 @@ use parallaxfs_overlay::{ChainBuf, Error, Node, SetAttr, Stack};
 
 use crate::attr::{file_attr, file_type, negative, IMMUTABLE_TTL};
 use crate::errno::{errno, is_fault};
-use crate::handles::{DirHandle, FileHandle as OpenFile, Handles};
+use crate::handles::{FileHandle as OpenFile, Handles};
+use crate::listing::{Listing, Listings};
 use crate::node_table::NodeTable;
 use crate::page_store::PageStore;
 use crate::prefetch::{Mode as PrefetchMode, Prefetch};
@@ -32,7 +33,6 @@ pub struct OverlayFs {
     pub(crate) stack: std::sync::Arc<Stack>,
     pub(crate) nodes: NodeTable,
     pub(crate) files: Handles<OpenFile>,
-    dirs: Handles<DirHandle>,
     page_store: PageStore,
     pub(crate) ttl: std::time::Duration,
     on_destroy: Option<fn()>,
@@ -47,12 +47,12 @@ pub struct OverlayFs {
     pub(crate) cached: crate::io_mode::CachedOpens,
     /// The kernel accepted FUSE_NO_OPEN_SUPPORT (read-only mounts).
     no_open: std::sync::atomic::AtomicBool,
-    /// The kernel accepted FUSE_NO_OPENDIR_SUPPORT (read-only mounts): directories are read
-    /// without OPENDIR/RELEASEDIR, with handle 0, and the kernel caches every listing.
+    /// The kernel accepted FUSE_NO_OPENDIR_SUPPORT: directories are read without
+    /// OPENDIR/RELEASEDIR, with handle 0, and the kernel caches every listing.
     no_opendir: std::sync::atomic::AtomicBool,
-    /// Listings of directories read with handle 0, kept across the READDIR requests of one
-    /// listing (the kernel keeps the listing itself once it has it whole).
-    listings: quick_cache::sync::Cache<u64, std::sync::Arc<DirHandle>>,
+    /// Listings of directories, kept across the READDIR requests of one listing (see
+    /// [`crate::listing`]); writable stacks note every change of a directory's names here.
+    pub(crate) listings: Listings,
     /// Lower files opened for handle-0 reads (no OPEN on read-only mounts), kept per node so
     /// that a file read in several requests is opened once, not once per `READ`.
     lower_readers: quick_cache::sync::Cache<u64, std::sync::Arc<OpenFile>>,
@@ -62,7 +62,7 @@ pub struct OverlayFs {
 
 /// How many lower files handle-0 reads keep open.
 const LOWER_READERS: usize = 64;
-/// How many directory listings handle-0 reads keep.
+/// How many directory listings are kept.
 const LISTINGS: usize = 32;
 
 thread_local! {
@@ -87,7 +87,6 @@ impl OverlayFs {
             stack: std::sync::Arc::new(stack),
             nodes: NodeTable::new(root),
             files: Handles::default(),
-            dirs: Handles::default(),
             page_store,
             ttl: IMMUTABLE_TTL,
             on_destroy: None,
@@ -97,7 +96,7 @@ impl OverlayFs {
             cached: crate::io_mode::CachedOpens::default(),
             no_open: std::sync::atomic::AtomicBool::new(false),
             no_opendir: std::sync::atomic::AtomicBool::new(false),
-            listings: quick_cache::sync::Cache::new(LISTINGS),
+            listings: Listings::new(LISTINGS),
             lower_readers: quick_cache::sync::Cache::new(LOWER_READERS),
             prefetch: None,
         })
@@ -145,17 +144,6 @@ impl OverlayFs {
         Ok((node, attr))
     }
 
-    fn open_dir(&self, ino: INodeNo) -> Result<u64, Error> {
-        if !self.stack.writable() {
-            return Ok(self.dirs.insert(self.listing(ino)?));
-        }
-        // Listed at the first READDIR (see `dir_handle`): a walk the kernel answers from its
-        // cached listing opens and releases without reading one.
-        let dir = self.dir_node(ino)?;
-        let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
-        Ok(self.dirs.insert(DirHandle { dir: dir.ino, parent, items: Vec::new(), listed: false }))
-    }
-
     /// Node `ino`, which must be a directory.
     fn dir_node(&self, ino: INodeNo) -> Result<Node, Error> {
         let dir = self.node(ino)?;
@@ -165,33 +153,18 @@ impl OverlayFs {
         }
     }
 
-    fn listing(&self, ino: INodeNo) -> Result<DirHandle, Error> {
-        let dir = self.node(ino)?;
-        let items = self.stack.read_dir(&dir)?;
-        let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
-        Ok(DirHandle { dir: dir.ino, parent, items, listed: true })
-    }
-
-    /// The listing a READDIR at `offset` with handle `fh` reads: the open handle's, or with
-    /// handle 0 (read-only mounts, no OPENDIR) the directory's, kept between the requests of a
-    /// listing. A writable union lists afresh at offset 0: the kernel keeps what it reads
-    /// (FOPEN_CACHE_DIR) as the listing of the directory's version *at that request*, so a
-    /// listing taken at OPENDIR, before a change that came between, would stay in its cache
-    /// (a rename into the directory went missing from later walks).
-    fn dir_handle(&self, ino: INodeNo, fh: u64, offset: u64) -> Result<std::sync::Arc<DirHandle>, Errno> {
-        if fh != 0 {
-            let handle = self.dirs.get(fh).ok_or(Errno::EBADF)?;
-            if self.stack.writable() && (offset == 0 || !handle.listed) {
-                let fresh = self.listing(ino).map_err(|e| fail("readdir", &e))?;
-                return self.dirs.replace(fh, fresh).ok_or(Errno::EBADF);
-            }
-            return Ok(handle);
-        }
-        if self.stack.writable() {
-            return Err(Errno::EBADF);
-        }
+    /// The listing a READDIR of `ino` reads (cached between the requests of one listing).
+    fn listing(&self, ino: INodeNo) -> Result<std::sync::Arc<Listing>, Errno> {
         self.listings
-            .get_or_insert_with(&ino.0, || self.listing(ino).map(std::sync::Arc::new))
+            .get(ino.0, self.stack.writable(), |order| {
+                let dir = self.node(ino)?;
+                let items = self.stack.read_dir(&dir)?;
+                let parent = self.nodes.parent_ino(ino.0).unwrap_or(dir.ino);
+                Ok(match order {
+                    None => Listing::fixed(dir.ino, parent, items),
+                    Some((order, version)) => Listing::hashed(dir.ino, parent, items, order, version),
+                })
+            })
             .map_err(|e| fail("readdir", &e))
     }
 
@@ -293,18 +266,17 @@ impl Filesystem for OverlayFs {
         // With an upper: we drop set-user/group-ID bits on write and truncate ourselves, and in
         // return the kernel stops asking for security.capability before every write.
         let wanted = if self.stack.writable() { wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2 } else { wanted };
-        // Read-only: files need no OPEN/RELEASE round trips (open answers ENOSYS, which the
-        // kernel then takes as success for every file, keeping their page cache).
-        // Directories likewise: no OPENDIR/RELEASEDIR, and every listing stays cached.
-        let no_opens = InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
-        let wanted = if self.stack.writable() { wanted } else { wanted | no_opens };
+        // Directories need no OPENDIR/RELEASEDIR: they are read with handle 0 and the kernel
+        // keeps every listing (see `crate::listing` for offsets that stay right across
+        // changes). Read-only files likewise need no OPEN/RELEASE (open answers ENOSYS, which
+        // the kernel then takes as success for every file, keeping their page cache).
+        let wanted = wanted | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        let wanted = if self.stack.writable() { wanted } else { wanted | InitFlags::FUSE_NO_OPEN_SUPPORT };
         let _ = config.add_capabilities(wanted & config.capabilities());
-        if !self.stack.writable() {
-            let has = config.capabilities();
-            let relaxed = std::sync::atomic::Ordering::Relaxed;
-            self.no_open.store(has.contains(InitFlags::FUSE_NO_OPEN_SUPPORT), relaxed);
-            self.no_opendir.store(has.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT), relaxed);
-        }
+        let has = config.capabilities();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.no_open.store(!self.stack.writable() && has.contains(InitFlags::FUSE_NO_OPEN_SUPPORT), relaxed);
+        self.no_opendir.store(has.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT), relaxed);
         let _ = config.set_max_readahead(MAX_READ as u32);
         // Upper files are real files on a local filesystem: let the kernel do their I/O
         // (needs CAP_SYS_ADMIN in the initial namespace, i.e. rootful, and Linux 6.9+).
@@ -433,36 +405,31 @@ impl Filesystem for OverlayFs {
         // The kernel keeps listings across opens. Lower directories never change; every change
         // to a merged or upper directory is a request on it through this mount, after which
         // the kernel drops its cached listing (the directory's i_version moves) and reads the
-        // new one from us.
-        if self.no_opendir.load(std::sync::atomic::Ordering::Relaxed) {
-            // Check the node still is a directory, then let the kernel skip opens: it then
-            // reads with handle 0 and keeps listings as if FOPEN_CACHE_DIR had been answered.
-            return match self.dir_node(ino) {
-                Ok(_) => reply.error(Errno::ENOSYS),
-                Err(e) => reply.error(fail("opendir", &e)),
-            };
-        }
-        match self.open_dir(ino) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+        // new one from us. Without a handle: listings are per directory (`crate::listing`).
+        match self.dir_node(ino) {
+            // Let the kernel skip opens: it then reads with handle 0 and keeps listings as if
+            // FOPEN_CACHE_DIR had been answered.
+            Ok(_) if self.no_opendir.load(std::sync::atomic::Ordering::Relaxed) => reply.error(Errno::ENOSYS),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
             Err(e) => reply.error(fail("opendir", &e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let dir = match self.dir_handle(ino, fh.0, offset) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let dir = match self.listing(ino) {
             Ok(dir) => dir,
             Err(e) => return reply.error(e),
         };
-        // Offsets: 1 after ".", 2 after "..", 3 + i after item i.
+        // Offsets: 1 after ".", 2 after "..", then the listing's own (`crate::listing`).
         let dots = [(b".".as_slice(), dir.dir), (b"..".as_slice(), dir.parent)];
         for (i, (name, dino)) in dots.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*dino), i as u64 + 1, fuser::FileType::Directory, OsStr::from_bytes(name)) {
                 return reply.ok();
             }
         }
-        let start = (offset as usize).saturating_sub(2);
-        for (i, item) in dir.items.iter().enumerate().skip(start) {
-            let full = reply.add(INodeNo(item.ino), i as u64 + 3, file_type(item.kind), OsStr::from_bytes(&item.name));
+        for (i, item) in dir.items.iter().enumerate().skip(dir.start(offset)) {
+            let full =
+                reply.add(INodeNo(item.ino), dir.offset_of(i), file_type(item.kind), OsStr::from_bytes(&item.name));
             if full {
                 break;
             }
@@ -470,8 +437,8 @@ impl Filesystem for OverlayFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (dir, dir_node) = match (self.dir_handle(ino, fh.0, offset), self.node(ino)) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let (dir, dir_node) = match (self.listing(ino), self.node(ino)) {
             (Ok(dir), Ok(node)) => (dir, node),
             (Err(e), _) => return reply.error(e),
             (_, Err(e)) => return reply.error(fail("readdirplus", &e)),
@@ -490,9 +457,8 @@ impl Filesystem for OverlayFs {
                 return reply.ok();
             }
         }
-        let start = (offset as usize).saturating_sub(2);
         let mut ahead = Vec::new();
-        for (i, item) in dir.items.iter().enumerate().skip(start) {
+        for (i, item) in dir.items.iter().enumerate().skip(dir.start(offset)) {
             let node = match self.stack.lookup(&dir_node, &item.name) {
                 Ok(n) => n,
                 Err(e) => {
@@ -509,7 +475,7 @@ impl Filesystem for OverlayFs {
             };
             let name = OsStr::from_bytes(&item.name);
             let generation = Generation(self.nodes.generation(node.ino));
-            if reply.add(attr.ino, i as u64 + 3, name, &self.ttl, &attr, generation) {
+            if reply.add(attr.ino, dir.offset_of(i), name, &self.ttl, &attr, generation) {
                 break;
             }
             let small = (1..=crate::prefetch::MAX_FILE).contains(&attr.size);
@@ -530,8 +496,7 @@ impl Filesystem for OverlayFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.dirs.remove(fh.0);
+    fn releasedir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         if self.prefetch.as_ref().is_some_and(|p| p.mode() == PrefetchMode::OnListing) {
             self.read_ahead(ino.0, 0);
         }

@@ -1,11 +1,10 @@
-//! Open file and directory handles. A directory handle keeps the merged listing built at
-//! opendir, so offsets stay stable for its life (overlay_semantics.md §1.3).
+//! Open file handles. (Directories have none: see `crate::listing`.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parallaxfs_overlay::{DirItem, FileReader};
+use parallaxfs_overlay::FileReader;
 
 /// A handle table keyed by FUSE file handle numbers.
 #[derive(Debug)]
@@ -34,13 +33,6 @@ impl<T> Handles<T> {
     }
 
     /// Releases handle `fh`.
-    /// Replaces the value of open handle `fh` (if it is still open) and returns it.
-    pub fn replace(&self, fh: u64, value: T) -> Option<Arc<T>> {
-        let mut slot = self.map.get_mut(&fh)?;
-        *slot = Arc::new(value);
-        Some(slot.clone())
-    }
-
     pub fn remove(&self, fh: u64) {
         self.map.remove(&fh);
     }
@@ -90,17 +82,4 @@ impl FileHandle {
             FileHandle::Lower(_) => None,
         }
     }
-}
-
-/// An open directory: its listing, `.` and `..` first.
-#[derive(Debug)]
-pub struct DirHandle {
-    /// Node id of the directory.
-    pub dir: u64,
-    /// `st_ino` of its parent directory (`d_ino` of `..`).
-    pub parent: u64,
-    /// Entries after `.` and `..`.
-    pub items: Vec<DirItem>,
-    /// `items` were read (a writable union's OPENDIR leaves that to the first READDIR).
-    pub listed: bool,
 }

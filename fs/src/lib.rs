@@ -13,6 +13,7 @@ mod attr;
 pub mod errno;
 mod handles;
 mod io_mode;
+mod listing;
 pub mod node_table;
 mod page_store;
 pub mod prefetch;

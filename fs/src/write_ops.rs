@@ -91,6 +91,7 @@ impl OverlayFs {
             self.nodes.renew(node.ino);
             Ok((attr, self.nodes.remember(&node, parent.0, name.as_bytes())))
         });
+        self.listings.versions().changed(parent.0);
         drop(changes);
         match made {
             Ok((attr, generation)) => reply.entry(&self.ttl, &attr, Generation(generation)),
@@ -108,7 +109,9 @@ impl OverlayFs {
     ) -> Result<(FileAttr, std::fs::File, u64), Error> {
         let _changes = self.stack.changes(false);
         let chain = self.chain(parent)?;
-        let (node, file) = self.stack.create(&chain, name, mode, NewObject::File, Self::caller(req, umask))?;
+        let created = self.stack.create(&chain, name, mode, NewObject::File, Self::caller(req, umask));
+        self.listings.versions().changed(parent.0);
+        let (node, file) = created?;
         let file = match file {
             Some(f) => f,
             None => self.stack.open_upper(&node, false)?,
@@ -215,7 +218,9 @@ impl OverlayFs {
     pub(crate) fn remove(&self, parent: INodeNo, name: &[u8], is_dir: bool) -> Result<(), Error> {
         let _changes = self.stack.changes(false);
         let chain = self.chain(parent)?;
-        self.stack.remove(&chain, name, is_dir)
+        let removed = self.stack.remove(&chain, name, is_dir);
+        self.listings.versions().changed(parent.0);
+        removed
     }
 
     pub(crate) fn rename_entry(
@@ -253,7 +258,15 @@ impl OverlayFs {
         let to = self.chain(new_parent)?;
         let moved = self.stack.lookup(&from[from.len() - 1].1, name).ok();
         let swapped = self.stack.lookup(&to[to.len() - 1].1, new_name).ok();
-        self.stack.rename(&from, name, &to, new_name, flags)?;
+        let renamed = self.stack.rename(&from, name, &to, new_name, flags);
+        let versions = self.listings.versions();
+        versions.changed(parent.0);
+        versions.changed(new_parent.0);
+        let is_dir = |n: &Option<Node>| n.as_ref().is_some_and(|n| n.kind == parallaxfs_overlay::FileKind::Dir);
+        if is_dir(&moved) || is_dir(&swapped) {
+            versions.dir_renamed();
+        }
+        renamed?;
         // The node ids keep their numbers; what they stand for now lives elsewhere.
         let (from, to) = (self.chain(parent)?, self.chain(new_parent)?);
         if let Some(m) = moved {
@@ -295,7 +308,9 @@ impl OverlayFs {
         let _changes = self.stack.changes(false);
         let source = self.chain(ino)?;
         let dir = self.chain(new_parent)?;
-        let node = self.stack.link(&source, &dir, new_name)?;
+        let linked = self.stack.link(&source, &dir, new_name);
+        self.listings.versions().changed(new_parent.0);
+        let node = linked?;
         let attr = file_attr(&self.stack.attr(&node)?);
         Ok((attr, self.nodes.remember(&node, new_parent.0, new_name)))
     }

@@ -425,15 +425,6 @@ impl Stack {
             // A layer's whiteouts hide names of the layers below it only (OCI).
             hidden.extend(whiteouts);
         }
-        if self.upper.is_some() {
-            // In name order, so that an entry's position is the same in every listing while
-            // the set of names is: a copy-up moves a name from a lower layer's part of the
-            // listing to the upper's without changing the directory (no new version for the
-            // kernel), and the kernel's cached listing may join entries read through two
-            // opens of the directory, listed before and after it (two names went missing
-            // from the cached listing, seen in cow_concurrency about 1 run in 15).
-            items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        }
         Ok(items)
     }
 
