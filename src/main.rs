@@ -6,8 +6,9 @@
 //!   Podman uses for a `mount_program`;
 //! - `parallaxfs mount --lower PATH... MOUNTPOINT` and `parallaxfs umount MOUNTPOINT`;
 //! - `parallaxfs image info|ls|stat|cat|check IMAGE [PATH]`: inspect an image without mounting.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+mod daemon;
 mod image;
 mod mount;
 mod options;

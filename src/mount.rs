@@ -1,13 +1,6 @@
-//! Mounting: open every layer, mount, daemonize, serve until unmounted.
-//!
-//! Daemonizing without `fork`: the command re-executes itself as a child with stdin on
-//! /dev/null and stdout/stderr on pipes. The child mounts, then writes `ready` on stdout,
-//! moves its stdio to /dev/null and serves. The parent exits 0 only on `ready` (the mount is
-//! live), or relays the child's one-line error and exits 1. Podman waits for EOF on the
-//! parent's stderr, which it gets as soon as the parent exits.
+//! Mounting: open every layer, mount, daemonize (`crate::daemon`), serve until unmounted.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -21,8 +14,6 @@ use parallaxfs_squash::{Image, OpenOptions};
 
 use crate::options::MountRequest;
 
-/// Set in the environment of the re-executed serving child.
-const CHILD_ENV: &str = "PARALLAXFS_DAEMON_CHILD";
 /// How long the parent waits for the child to report the mount live (Podman holds the layer
 /// store lock meanwhile, so an unreachable image must fail instead of hanging).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,8 +135,9 @@ fn mount_options(req: &MountRequest) -> MountOptions {
     opts
 }
 
-/// Mounts, reports readiness, serves until the mount goes away.
-fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
+/// Mounts, reports readiness (a daemon: to the command that forked it), serves until the
+/// mount goes away.
+fn serve(req: &MountRequest, ready: Option<crate::daemon::Ready>) -> Result<()> {
     check_mountpoint(&req.mountpoint)?;
     raise_fd_limit();
     let stack = build_stack(req)?;
@@ -165,12 +157,10 @@ fn serve(req: &MountRequest, daemon: bool) -> Result<()> {
     let mut session = parallaxfs_fs::mount(fs, &req.mountpoint, &mount_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
     spawn_signal_handler(req.mountpoint.clone(), session.unmount_callable())?;
-    if daemon {
+    if let Some(ready) = ready {
         let _ = nix::unistd::setsid();
         let _ = std::env::set_current_dir("/");
-        let mut out = std::io::stdout();
-        writeln!(out, "ready")?;
-        out.flush()?;
+        ready.send()?;
         detach_stdio()?;
     }
     session.run().context("serving the mount")?;
@@ -240,56 +230,20 @@ fn detach_stdio() -> Result<()> {
     Ok(())
 }
 
-/// `parallaxfs ... MOUNTPOINT`: in the foreground with `-f`, else through a serving child.
+/// `parallaxfs ... MOUNTPOINT`: in the foreground with `-f`, else in a forked daemon.
 pub fn run(req: MountRequest) -> Result<ExitCode> {
-    // Warn once, from the process whose stderr the caller reads.
-    if std::env::var_os(CHILD_ENV).is_none() {
-        for w in &req.unknown {
-            eprintln!("parallaxfs: unknown argument ignored: {w}");
-        }
+    for w in &req.unknown {
+        eprintln!("parallaxfs: unknown argument ignored: {w}");
     }
-    if req.foreground || std::env::var_os(CHILD_ENV).is_some() {
-        serve(&req, std::env::var_os(CHILD_ENV).is_some())?;
+    if req.foreground {
+        serve(&req, None)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(std::env::args_os().skip(1))
-        .env(CHILD_ENV, "1")
-        // glibc gives every serving thread its own malloc arena and keeps freed 128 KiB block
-        // buffers in them: tens of MiB of RSS per container for nothing (benches/README.md).
-        .env("MALLOC_ARENA_MAX", "2")
-        .env("MALLOC_MMAP_THRESHOLD_", "65536")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the serving process")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no pipe to the serving process"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(line) if line.trim() == "ready" => Ok(ExitCode::SUCCESS),
-        Ok(_) => {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            let _ = child.wait();
-            // The child already printed "parallaxfs: ..." lines; pass them on verbatim.
-            eprint!("{err}");
-            if err.is_empty() {
-                eprintln!("parallaxfs: the serving process exited before the mount was ready");
-            }
-            Ok(ExitCode::FAILURE)
-        }
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("mount not ready after {} s; gave up (is a layer on unreachable storage?)", START_TIMEOUT.as_secs())
+    match crate::daemon::fork(START_TIMEOUT)? {
+        crate::daemon::Role::Parent(code) => Ok(code),
+        crate::daemon::Role::Child(ready) => {
+            serve(&req, Some(ready))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

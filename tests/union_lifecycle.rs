@@ -257,6 +257,69 @@ fn the_daemon_runs_detached() {
     assert_nothing_left(&mp);
 }
 
+/// glibc gives each thread that allocates an arena of its own (64 MiB of address space, and
+/// freed block buffers kept in each); the daemon allows two, however many threads serve.
+#[test]
+fn the_daemon_keeps_at_most_two_malloc_arenas() {
+    require_root();
+    let l = layers("life-arenas");
+    let mp = l.mountpoint("mp");
+    let m = TestMount::lowerdir(&l.layers, &mp);
+    let pid = m.daemon().unwrap();
+    // Lookups of names that are not there: every serving thread gets requests.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let mp = &mp;
+            s.spawn(move || {
+                for i in 0..300 {
+                    assert!(fs::symlink_metadata(mp.join(format!("missing-{t}-{i}"))).is_err());
+                }
+            });
+        }
+    });
+    check_serving(&mp);
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let extra = heap_arenas(&maps);
+    assert!(extra <= 1, "the daemon has {extra} malloc arenas besides the main one:\n{maps}");
+    m.unmount();
+    assert_nothing_left(&mp);
+}
+
+/// Non-main glibc arenas in a /proc/PID/maps text: anonymous mappings covering exactly one
+/// 64 MiB-aligned 64 MiB region (a heap's mapped part, then its reserved rest).
+fn heap_arenas(maps: &str) -> usize {
+    const HEAP: u64 = 64 << 20;
+    let anon: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, _perms, _off, _dev, inode) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            if inode != "0" || f.next().is_some() {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+        })
+        .collect();
+    let mut count = 0;
+    for (i, &(start, _)) in anon.iter().enumerate() {
+        if start % HEAP != 0 {
+            continue;
+        }
+        let mut end = start;
+        for &(a, b) in &anon[i..] {
+            if a != end || b > start + HEAP {
+                break;
+            }
+            end = b;
+        }
+        if end == start + HEAP {
+            count += 1;
+        }
+    }
+    count
+}
+
 /// `-f` keeps the command in the foreground as the serving process; SIGTERM, SIGINT or
 /// `fusermount3 -u` end it with exit 0.
 #[test]

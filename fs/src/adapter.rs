@@ -97,7 +97,7 @@ impl OverlayFs {
             no_open: std::sync::atomic::AtomicBool::new(false),
             no_opendir: std::sync::atomic::AtomicBool::new(false),
             listings: Listings::new(LISTINGS),
-            lower_readers: quick_cache::sync::Cache::new(LOWER_READERS),
+            lower_readers: parallaxfs_overlay::squash::counted_cache(LOWER_READERS),
             prefetch: None,
         })
     }

@@ -138,7 +138,7 @@ impl Listings {
     /// A cache of `capacity` listings.
     pub fn new(capacity: usize) -> Listings {
         Listings {
-            cache: quick_cache::sync::Cache::new(capacity),
+            cache: parallaxfs_overlay::squash::counted_cache(capacity),
             versions: Versions::default(),
             order: CookieOrder::default(),
         }

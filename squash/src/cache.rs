@@ -110,7 +110,7 @@ impl<T: Weighed> BlockCache<T> {
         // quick_cache splits the budget between shards and refuses an entry heavier than a
         // shard's share, so with 1 MiB blocks and a few MiB of budget the default shard count
         // (4 per core) would cache nothing. Keep room for at least four typical blocks a shard.
-        let parallel = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+        let parallel = cores() * 4;
         let fit = usize::try_from(bytes / (4 * typical)).unwrap_or(1).max(1);
         let shards = prev_power_of_two(parallel.min(fit));
         let options = quick_cache::OptionsBuilder::new()
@@ -155,6 +155,25 @@ impl<T> std::fmt::Debug for ObjectCache<T> {
     }
 }
 
+/// CPUs this process may use, asked once: the standard library reads several cgroup files
+/// each time it is asked (a tenth of a millisecond of every mount went there).
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+}
+
+/// A cache of at most `items` entries, sharded for [`cores`] (quick_cache's own default asks
+/// the standard library again).
+pub fn counted_cache<K: Eq + std::hash::Hash, V: Clone>(items: usize) -> quick_cache::sync::Cache<K, V> {
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(items)
+        .weight_capacity(items as u64)
+        .shards(prev_power_of_two(cores() * 4))
+        .build()
+        .expect("cache options are in range");
+    quick_cache::sync::Cache::with_options(options, Default::default(), Default::default(), Default::default())
+}
+
 /// Largest power of two not above `n` (n ≥ 1).
 fn prev_power_of_two(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.max(1).leading_zeros())
@@ -163,7 +182,7 @@ fn prev_power_of_two(n: usize) -> usize {
 impl<T> ObjectCache<T> {
     pub(crate) fn new(entries: u64) -> Self {
         let n = usize::try_from(entries.max(16)).unwrap_or(16);
-        ObjectCache { cache: Cache::new(n) }
+        ObjectCache { cache: counted_cache(n) }
     }
 
     pub(crate) fn get_or_load(&self, key: u64, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
