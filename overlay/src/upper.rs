@@ -62,9 +62,6 @@ fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
 }
 
-/// The char 0/0 device in the work directory that whiteouts are hard links of.
-const WHITEOUT_TEMPLATE: &str = "#pfs-whiteout";
-
 impl Upper {
     /// Opens `upper` and `workdir` (same filesystem), clears leftovers of an earlier mount in
     /// `WORKDIR/work` and probes the whiteout format.
@@ -102,9 +99,12 @@ impl Upper {
         if std::env::var_os("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_some() {
             return WhiteoutFormat::AufsFile;
         }
-        // The probe is the template every char whiteout of this mount links to.
-        match mknodat(&self.work, WHITEOUT_TEMPLATE, SFlag::S_IFCHR, Mode::empty(), 0) {
-            Ok(()) => WhiteoutFormat::CharDevice,
+        let tmp = self.temp_name();
+        match mknodat(&self.work, tmp.as_c_str(), SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), 0) {
+            Ok(()) => {
+                let _ = unlinkat(&self.work, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
+                WhiteoutFormat::CharDevice
+            }
             Err(_) => WhiteoutFormat::AufsFile,
         }
     }
@@ -276,7 +276,7 @@ impl Upper {
     /// filesystem allows (ext4: deleting 10,000 lower files spent most of its time allocating
     /// whiteout inodes), else a node of its own.
     fn new_char_whiteout<P: ?Sized + nix::NixPath>(&self, dir: BorrowedFd<'_>, name: &P) -> nix::Result<()> {
-        const TEMPLATE: &str = WHITEOUT_TEMPLATE;
+        const TEMPLATE: &str = "#pfs-whiteout";
         let relaxed = Ordering::Relaxed;
         for _ in 0..3 {
             if !self.share_whiteouts.load(relaxed) {
@@ -285,7 +285,7 @@ impl Upper {
             match nix::unistd::linkat(&self.work, TEMPLATE, dir, name, AtFlags::empty()) {
                 Ok(()) => return Ok(()),
                 Err(Errno::EEXIST) => return Err(Errno::EEXIST),
-                // No template (removed from the work directory behind our back).
+                // No template yet (every mount starts with an empty work directory).
                 Err(Errno::ENOENT) => match mknodat(&self.work, TEMPLATE, SFlag::S_IFCHR, Mode::empty(), 0) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(e),
