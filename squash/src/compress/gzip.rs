@@ -1,20 +1,22 @@
-//! zlib streams (`-comp gzip`), through flate2 with one reusable context per thread.
-
-use std::cell::RefCell;
+//! zlib streams (`-comp gzip`), through flate2, with contexts from a shared pool.
 
 use flate2::{Decompress, FlushDecompress, Status};
 
-thread_local! {
-    static CONTEXT: RefCell<Decompress> = RefCell::new(Decompress::new(true));
-}
+use super::pool::Pool;
+
+static CONTEXTS: Pool<Decompress> = Pool::new();
 
 pub(super) fn decompress(src: &[u8], dst: &mut [u8]) -> Result<usize, ()> {
-    CONTEXT.with(|ctx| {
-        let mut ctx = ctx.borrow_mut();
-        ctx.reset(true);
-        match ctx.decompress(src, dst, FlushDecompress::Finish) {
-            Ok(Status::StreamEnd) => usize::try_from(ctx.total_out()).map_err(|_| ()),
-            _ => Err(()),
-        }
-    })
+    CONTEXTS
+        .with(
+            || Some(Decompress::new(true)),
+            |ctx| {
+                ctx.reset(true);
+                match ctx.decompress(src, dst, FlushDecompress::Finish) {
+                    Ok(Status::StreamEnd) => usize::try_from(ctx.total_out()).map_err(|_| ()),
+                    _ => Err(()),
+                }
+            },
+        )
+        .ok_or(())?
 }

@@ -3,7 +3,8 @@
 //! Rules for every codec (squashfs.md §4): the output buffer has exactly the largest legal size
 //! (8 KiB for metadata, `block_size` for data and fragments), a stream that would overflow it
 //! is corrupt, and the caller checks the produced length against what the structure requires.
-//! Codec contexts are per thread, as the kernel's per-CPU decompressors are.
+//! Codec contexts come from a pool of at most one per core, as the kernel's per-CPU
+//! decompressors do (`pool`).
 
 #[cfg(feature = "gzip")]
 mod gzip;
@@ -11,6 +12,8 @@ mod gzip;
 mod lz4;
 #[cfg(feature = "lzo")]
 mod lzo;
+#[cfg(any(feature = "zstd", feature = "gzip"))]
+mod pool;
 #[cfg(feature = "xz")]
 mod xz;
 #[cfg(feature = "zstd")]

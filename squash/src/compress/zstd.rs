@@ -1,16 +1,11 @@
-//! Zstandard frames, through the zstd crate with one reusable context per thread.
+//! Zstandard frames, through the zstd crate, with contexts from a shared pool.
 
-use std::cell::RefCell;
+use super::pool::Pool;
 
-thread_local! {
-    static CONTEXT: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        RefCell::new(zstd::bulk::Decompressor::new().ok());
-}
+static CONTEXTS: Pool<zstd::bulk::Decompressor<'static>> = Pool::new();
 
 pub(super) fn decompress(src: &[u8], dst: &mut [u8]) -> Result<usize, ()> {
-    CONTEXT.with(|ctx| {
-        let mut ctx = ctx.borrow_mut();
-        let ctx = ctx.as_mut().ok_or(())?;
-        ctx.decompress_to_buffer(src, dst).map_err(|_| ())
-    })
+    CONTEXTS
+        .with(|| zstd::bulk::Decompressor::new().ok(), |ctx| ctx.decompress_to_buffer(src, dst).map_err(|_| ()))
+        .ok_or(())?
 }
