@@ -19,10 +19,13 @@ use crate::error::Result;
 /// One object inside one layer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Handle {
-    /// An inode of a SquashFS image.
-    Squash(Arc<parallaxfs_squash::Inode>),
-    /// An object of a plain directory tree.
-    Plain(PlainHandle),
+    /// An inode of a SquashFS image, by its place in the image: parsed again from the
+    /// image's inode cache when needed, so the many objects the kernel holds after a walk
+    /// keep 8 bytes each rather than a parsed inode (1.4 MB for 10,000).
+    Squash(parallaxfs_squash::InodeRef),
+    /// An object of a plain directory tree (shared: a handle is in every node of the table
+    /// the kernel holds, so it stays one pointer wide).
+    Plain(Arc<PlainHandle>),
 }
 
 /// A directory entry as one layer stores it (whiteouts included).

@@ -125,7 +125,7 @@ impl PlainLayer {
 
     fn plain<'a>(&self, h: &'a Handle) -> Result<&'a PlainHandle> {
         match h {
-            Handle::Plain(p) => Ok(p),
+            Handle::Plain(p) => Ok(&**p),
             Handle::Squash(_) => Err(Errno::EINVAL.into()),
         }
     }
@@ -206,13 +206,13 @@ impl FileReader for PlainFile {
 
 impl Layer for PlainLayer {
     fn root(&self) -> Result<Handle> {
-        Ok(Handle::Plain(PlainHandle {
+        Ok(Handle::Plain(Arc::new(PlainHandle {
             dir_fd: Some(self.root.clone()),
             own_fd: None,
             parent: self.root.clone(),
             name: Box::new(*b"."),
             known: None,
-        }))
+        })))
     }
 
     fn lookup(&self, dir: &Handle, name: &[u8]) -> Result<Option<Handle>> {
@@ -235,7 +235,7 @@ impl Layer for PlainLayer {
             let flags = match kind {
                 FileKind::Dir => path_flags(),
                 _ if self.pin_leaves && Pin::available() => OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                _ => return Ok(Some(Handle::Plain(leaf(known)))),
+                _ => return Ok(Some(Handle::Plain(Arc::new(leaf(known))))),
             };
             let fd = match openat(dir_fd, n, flags, Mode::empty()) {
                 Ok(fd) => fd,
@@ -243,7 +243,7 @@ impl Layer for PlainLayer {
                 // Out of fds (a huge tree known to the kernel at once): a leaf is then reached
                 // by parent and name, which only loses the pin's hard-link precision.
                 Err(Errno::EMFILE | Errno::ENFILE) if kind != FileKind::Dir => {
-                    return Ok(Some(Handle::Plain(leaf(known))))
+                    return Ok(Some(Handle::Plain(Arc::new(leaf(known)))))
                 }
                 // A directory replaced by a non-directory (or the reverse) meanwhile.
                 Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
@@ -255,7 +255,7 @@ impl Layer for PlainLayer {
             let (dir_fd_of, own_fd) =
                 if kind == FileKind::Dir { (Some(Arc::new(fd)), None) } else { (None, Some(Arc::new(Pin::new(fd)))) };
             let handle = PlainHandle { dir_fd: dir_fd_of, own_fd, parent: dir_fd.clone(), name: name.into(), known };
-            return Ok(Some(Handle::Plain(handle)));
+            return Ok(Some(Handle::Plain(Arc::new(handle))));
         }
         // Changing faster than it can be looked up: report it as busy rather than guess.
         Err(Errno::EBUSY.into())

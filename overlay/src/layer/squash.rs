@@ -45,11 +45,11 @@ impl SquashLayer {
         }
     }
 
-    /// The inode behind a handle. A handle of another layer kind would be a bug in the
-    /// stack; it is answered with EINVAL rather than a panic.
-    fn inode<'a>(&self, h: &'a Handle) -> Result<&'a Arc<Inode>> {
+    /// The inode behind a handle (from the image's inode cache). A handle of another layer
+    /// kind would be a bug in the stack; it is answered with EINVAL rather than a panic.
+    fn inode(&self, h: &Handle) -> Result<Arc<Inode>> {
         match h {
-            Handle::Squash(i) => Ok(i),
+            Handle::Squash(r) => self.image.inode(*r).map_err(|e| self.err(e)),
             Handle::Plain(_) => Err(Error::Io(std::io::Error::from_raw_os_error(libc_einval()))),
         }
     }
@@ -97,15 +97,18 @@ impl FileReader for SquashFile {
 
 impl Layer for SquashLayer {
     fn root(&self) -> Result<Handle> {
-        self.image.inode(self.image.root()).map(Handle::Squash).map_err(|e| self.err(e))
+        // Parsed once here, so that a bad root inode fails the mount.
+        let root = self.image.root();
+        self.image.inode(root).map(|_| Handle::Squash(root)).map_err(|e| self.err(e))
     }
 
     fn lookup(&self, dir: &Handle, name: &[u8]) -> Result<Option<Handle>> {
         self.ask_for_tables();
         let dir = self.inode(dir)?;
-        let Some(entry) = self.image.lookup(dir, name).map_err(|e| self.err(e))? else { return Ok(None) };
-        let inode = self.image.inode(entry.inode_ref).map_err(|e| self.err(e))?;
-        Ok(Some(Handle::Squash(inode)))
+        let Some(entry) = self.image.lookup(&dir, name).map_err(|e| self.err(e))? else { return Ok(None) };
+        // Parsed now (and cached): a corrupt inode fails its lookup, not a later request.
+        self.image.inode(entry.inode_ref).map_err(|e| self.err(e))?;
+        Ok(Some(Handle::Squash(entry.inode_ref)))
     }
 
     fn attr(&self, object: &Handle) -> Result<Attr> {
@@ -132,24 +135,24 @@ impl Layer for SquashLayer {
     }
 
     fn read_dir(&self, dir: &Handle) -> Result<Vec<RawEntry>> {
-        let entries = self.image.read_dir(self.inode(dir)?).map_err(|e| self.err(e))?;
+        let entries = self.image.read_dir(&*self.inode(dir)?).map_err(|e| self.err(e))?;
         Ok(entries.into_iter().map(|e| RawEntry { name: e.name, ino: u64::from(e.ino), kind: kind(e.kind) }).collect())
     }
 
     fn read_link(&self, object: &Handle) -> Result<Vec<u8>> {
-        self.image.read_link(self.inode(object)?).map(Into::into).map_err(|e| self.err(e))
+        self.image.read_link(&*self.inode(object)?).map(Into::into).map_err(|e| self.err(e))
     }
 
     fn list_xattr(&self, object: &Handle) -> Result<Vec<Vec<u8>>> {
-        self.image.list_xattr(self.inode(object)?).map_err(|e| self.err(e))
+        self.image.list_xattr(&*self.inode(object)?).map_err(|e| self.err(e))
     }
 
     fn get_xattr(&self, object: &Handle, name: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.image.get_xattr(self.inode(object)?, name).map_err(|e| self.err(e))
+        self.image.get_xattr(&*self.inode(object)?, name).map_err(|e| self.err(e))
     }
 
     fn open(&self, object: &Handle) -> Result<Box<dyn FileReader>> {
-        let inode = self.inode(object)?.clone();
+        let inode = self.inode(object)?;
         if inode.kind != Kind::File {
             return Err(Error::IsDir);
         }
