@@ -1,7 +1,6 @@
 //! The `fuser::Filesystem` implementation. Every method has one shape: convert the arguments,
 //! call the union, reply once. Union logic lives in `parallaxfs-overlay`, errno in `errno.rs`.
 
-use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -65,9 +64,9 @@ const LOWER_READERS: usize = 64;
 /// How many directory listings are kept.
 const LISTINGS: usize = 32;
 
-thread_local! {
-    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
+/// Buffers of reads answered as asked (up to 1 MiB each): shared by the request threads, two
+/// kept (a buffer per thread kept 4 MiB for good after one sequential read).
+static READ_BUFS: parallaxfs_overlay::squash::BufferPool = parallaxfs_overlay::squash::BufferPool::new(2, 2 * MAX_READ);
 
 pub(crate) fn fail(op: &'static str, err: &Error) -> Errno {
     if is_fault(err) {
@@ -219,14 +218,12 @@ impl OverlayFs {
         if let Some(span) = span {
             return self.read_and_store(ino, &file, offset, size, span, reply);
         }
-        READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            buf.resize((size as usize).min(MAX_READ), 0);
-            match file.read_at(offset, &mut buf) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(fail("read", &e)),
-            }
-        });
+        let mut buf = READ_BUFS.take((size as usize).min(MAX_READ));
+        match file.read_at(offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(fail("read", &e)),
+        }
+        READ_BUFS.give(buf);
     }
 
     /// A read smaller than a decode unit: reads the whole units around it (one decompression),
