@@ -11,6 +11,7 @@ use parallaxfs_fs::overlay::idmap::Identity;
 use parallaxfs_fs::overlay::{Layer, PlainLayer, SquashLayer, Stack, StackOptions, Upper};
 use parallaxfs_fs::{MountOptions, OverlayFs, PrefetchMode};
 use parallaxfs_squash::{Image, OpenOptions};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::options::MountRequest;
 
@@ -154,9 +155,13 @@ fn serve(req: &MountRequest, ready: Option<crate::daemon::Ready>) -> Result<()> 
         None => (PrefetchMode::OnFirstRead, parallaxfs_fs::prefetch::DEFAULT_THREADS),
     };
     fs.enable_prefetch(mode, threads).context("starting the prefetch threads")?;
+    // Caught from before the mount on: a SIGTERM arriving while the mount is made (a parent
+    // that dies, with PDEATHSIG, as parallax-store's flattening mounts have) is then served
+    // by unmounting, not by the default action, which left a dead mount behind.
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let mut session = parallaxfs_fs::mount(fs, &req.mountpoint, &mount_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
-    spawn_signal_handler(req.mountpoint.clone(), session.unmount_callable())?;
+    spawn_signal_handler(signals, req.mountpoint.clone(), session.unmount_callable())?;
     if let Some(ready) = ready {
         let _ = nix::unistd::setsid();
         let _ = std::env::set_current_dir("/");
@@ -187,9 +192,11 @@ fn raise_fd_limit() {
 /// file of the detached mount is closed) and we exit 0. Lazily, as libfuse does: a plain
 /// unmount of a busy mount fails, and the process would then serve on with nothing left to
 /// end it.
-fn spawn_signal_handler(mountpoint: std::path::PathBuf, mut unmounter: parallaxfs_fs::SessionUnmounter) -> Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+fn spawn_signal_handler(
+    mut signals: signal_hook::iterator::Signals,
+    mountpoint: std::path::PathBuf,
+    mut unmounter: parallaxfs_fs::SessionUnmounter,
+) -> Result<()> {
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         if signals.forever().next().is_some() {
             if let Err(e) = lazy_unmount(&mountpoint) {

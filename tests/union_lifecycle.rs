@@ -257,6 +257,38 @@ fn the_daemon_runs_detached() {
     assert_nothing_left(&mp);
 }
 
+/// SIGTERM at any moment of a foreground start (as a dying parent's PDEATHSIG sends it, e.g.
+/// parallax-store's flattening mount when the tool is killed): the process ends and no mount is
+/// left, also when the signal lands while the mount is being made (it used to kill the process
+/// by default there, leaving a dead mount).
+#[test]
+fn sigterm_at_any_moment_of_a_start_leaves_no_mount() {
+    require_root();
+    let l = layers("life-early-term");
+    let mp = l.mountpoint("mp");
+    let opt = lowerdir_option(&l.layers);
+    for i in 0..40u64 {
+        let mut child = Command::new(bin())
+            .args([OsString::from("-f"), OsString::from("-o"), opt.clone(), mp.clone().into()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // 0 to 8 ms after the start, spread over the process start and the mount.
+        std::thread::sleep(Duration::from_micros(i * 200));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        let left = is_mounted(&mp);
+        if left {
+            // Leave nothing for the next iteration or test, then fail.
+            let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        }
+        assert!(!left, "SIGTERM {} µs after the start left a mount at {} ({status})", i * 200, mp.display());
+    }
+    assert_nothing_left(&mp);
+}
+
 /// glibc gives each thread that allocates an arena of its own (64 MiB of address space, and
 /// freed block buffers kept in each); the daemon allows two, however many threads serve.
 #[test]
