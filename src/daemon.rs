@@ -118,23 +118,35 @@ fn tune_malloc() {
 
 fn thread_count() -> Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .context("no thread count in /proc/self/status")
+    threads_in(&status).context("no thread count in /proc/self/status")
+}
+
+/// The `Threads:` field of a /proc/PID/status text.
+fn threads_in(status: &str) -> Option<usize> {
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn thread_count_sees_the_threads_of_this_process() {
-        let before = super::thread_count().unwrap();
-        assert!(before >= 1);
+    fn the_thread_count_is_read_from_proc_status() {
+        assert_eq!(super::threads_in("Name:\tx\nThreads:\t1\nSigQ:\t0/1\n"), Some(1));
+        assert_eq!(super::threads_in("Threads:\t17\n"), Some(17));
+        assert_eq!(super::threads_in("Name:\tx\n"), None);
+        // This test process: its main thread, the one running this test, and 4 more held here
+        // (other tests may add threads meanwhile, never take these away).
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::spawn(move || rx.recv());
-        assert_eq!(super::thread_count().unwrap(), before + 1);
-        tx.send(()).unwrap();
-        t.join().unwrap().unwrap();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let held: Vec<_> = (0..4)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || rx.lock().map(|r| r.recv().is_ok()).unwrap_or(false))
+            })
+            .collect();
+        assert!(super::thread_count().unwrap() >= 6);
+        drop(tx);
+        for t in held {
+            t.join().unwrap();
+        }
     }
 }
