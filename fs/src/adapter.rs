@@ -456,7 +456,7 @@ impl Filesystem for OverlayFs {
         }
         let mut ahead = Vec::new();
         for (i, item) in dir.items.iter().enumerate().skip(dir.start(offset)) {
-            let node = match self.stack.lookup(&dir_node, &item.name) {
+            let node = match self.stack.entry_node(&dir_node, item) {
                 Ok(n) => n,
                 Err(e) => {
                     fail("readdirplus lookup", &e);

@@ -179,7 +179,7 @@ mod tests {
         names
             .iter()
             .enumerate()
-            .map(|(i, n)| DirItem { name: n.as_bytes().into(), ino: i as u64 + 10, kind: FileKind::File })
+            .map(|(i, n)| DirItem::new(n.as_bytes().into(), i as u64 + 10, FileKind::File))
             .collect()
     }
 

@@ -37,6 +37,9 @@ pub struct RawEntry {
     pub ino: u64,
     /// File type.
     pub kind: FileKind,
+    /// The entry's object, where the listing names it (a SquashFS entry holds its inode's
+    /// place): a reader of the listing needs no lookup by name to reach it.
+    pub object: Option<Handle>,
 }
 
 /// Filesystem statistics of a layer.

@@ -74,7 +74,7 @@ impl Node {
 }
 
 /// One entry of a merged directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DirItem {
     /// Name bytes.
     pub name: Box<[u8]>,
@@ -82,6 +82,16 @@ pub struct DirItem {
     pub ino: u64,
     /// File type.
     pub kind: FileKind,
+    /// The layer and object a lookup of the name would find, where the listing knows it
+    /// for sure (see [`Stack::entry_node`]).
+    source: Option<(usize, Handle)>,
+}
+
+impl DirItem {
+    /// An entry known by name only: [`Stack::entry_node`] looks it up.
+    pub fn new(name: Box<[u8]>, ino: u64, kind: FileKind) -> DirItem {
+        DirItem { name, ino, kind, source: None }
+    }
 }
 
 /// Options of a stack beyond its layers.
@@ -420,12 +430,27 @@ impl Stack {
                     self.number_of(d.layer, e.ino)
                 };
                 seen.insert(e.name.clone(), ());
-                items.push(DirItem { name: e.name, ino, kind: e.kind });
+                // In a read-only stack, the first occurrence of a non-directory is the object
+                // a lookup finds; a directory merges with those below it, and an object of a
+                // writable stack may be copied up after the listing was taken.
+                let known = self.upper.is_none() && e.kind != FileKind::Dir;
+                let source = e.object.filter(|_| known).map(|o| (d.layer, o));
+                items.push(DirItem { name: e.name, ino, kind: e.kind, source });
             }
             // A layer's whiteouts hide names of the layers below it only (OCI).
             hidden.extend(whiteouts);
         }
         Ok(items)
+    }
+
+    /// The node of an entry of `dir`'s listing: built from the object the listing named
+    /// when that is the one a lookup would find, else looked up by name (a READDIRPLUS of a
+    /// SquashFS directory then reads each entry's inode, not the directory once per entry).
+    pub fn entry_node(&self, dir: &Node, item: &DirItem) -> Result<Node> {
+        match &item.source {
+            Some((layer, object)) => self.leaf_node(*layer, object.clone(), item.kind),
+            None => self.lookup(dir, &item.name),
+        }
     }
 
     fn entry_is_whiteout(&self, d: &LayerDir, name: &[u8], kind: FileKind) -> Result<bool> {

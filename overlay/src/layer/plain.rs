@@ -306,7 +306,7 @@ impl Layer for PlainLayer {
                     Err(e) => return Err(e.into()),
                 },
             };
-            out.push(RawEntry { name: name.into(), ino: entry.ino(), kind });
+            out.push(RawEntry { name: name.into(), ino: entry.ino(), kind, object: None });
         }
         Ok(out)
     }

@@ -136,7 +136,13 @@ impl Layer for SquashLayer {
 
     fn read_dir(&self, dir: &Handle) -> Result<Vec<RawEntry>> {
         let entries = self.image.read_dir(&*self.inode(dir)?).map_err(|e| self.err(e))?;
-        Ok(entries.into_iter().map(|e| RawEntry { name: e.name, ino: u64::from(e.ino), kind: kind(e.kind) }).collect())
+        let entry = |e: parallaxfs_squash::DirEntry| RawEntry {
+            name: e.name,
+            ino: u64::from(e.ino),
+            kind: kind(e.kind),
+            object: Some(Handle::Squash(e.inode_ref)),
+        };
+        Ok(entries.into_iter().map(entry).collect())
     }
 
     fn read_link(&self, object: &Handle) -> Result<Vec<u8>> {
