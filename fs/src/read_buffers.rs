@@ -90,7 +90,7 @@ mod tests {
             t.join().expect("a reader thread panicked");
         }
         let most = most.load(Ordering::SeqCst);
-        // (A buffer that never came back would have hung the 200 takes of each thread.)
+        // (A buffer that never came back would have hung the 50 takes of each thread.)
         assert!(most >= 1 && most <= cores().max(1), "{most} buffers out at once, {} cores", cores());
     }
 
