@@ -22,7 +22,9 @@ use crate::listing::{Listing, Listings};
 use crate::node_table::NodeTable;
 use crate::page_store::PageStore;
 use crate::prefetch::{Mode as PrefetchMode, Prefetch};
-use crate::read_buffers::{ReadBuf, MAX_READ};
+
+/// Largest read the kernel may send (max_pages 256 × 4 KiB).
+const MAX_READ: usize = 1 << 20;
 
 /// A union stack served over FUSE.
 #[derive(Debug)]
@@ -61,6 +63,10 @@ pub struct OverlayFs {
 const LOWER_READERS: usize = 64;
 /// How many directory listings are kept.
 const LISTINGS: usize = 32;
+
+/// Buffers of reads answered as asked (up to 1 MiB each): shared by the request threads, two
+/// kept (a buffer per thread kept 4 MiB for good after one sequential read).
+static READ_BUFS: parallaxfs_overlay::squash::BufferPool = parallaxfs_overlay::squash::BufferPool::new(2, 2 * MAX_READ);
 
 pub(crate) fn fail(op: &'static str, err: &Error) -> Errno {
     if is_fault(err) {
@@ -212,11 +218,12 @@ impl OverlayFs {
         if let Some(span) = span {
             return self.read_and_store(ino, &file, offset, size, span, reply);
         }
-        let mut buf = ReadBuf::take(size as usize);
+        let mut buf = READ_BUFS.take((size as usize).min(MAX_READ));
         match file.read_at(offset, &mut buf) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(fail("read", &e)),
         }
+        READ_BUFS.give(buf);
     }
 
     /// A read smaller than a decode unit: reads the whole units around it (one decompression),

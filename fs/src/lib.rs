@@ -17,7 +17,6 @@ mod listing;
 pub mod node_table;
 mod page_store;
 pub mod prefetch;
-mod read_buffers;
 mod write_ops;
 
 use std::io;
