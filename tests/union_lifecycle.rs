@@ -16,7 +16,7 @@ mod union_common;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -253,6 +253,23 @@ fn the_daemon_runs_detached() {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
     assert_eq!(fields[3], pid.to_string(), "the daemon is not a session leader: {stat}");
+    m.unmount();
+    assert_nothing_left(&mp);
+}
+
+/// The mount's readahead is raised to 4 MiB right after the mount is made (the device
+/// number is asked without a request to the session, which is not serving yet).
+#[test]
+fn the_mount_reads_ahead_4_mib() {
+    require_root();
+    let l = layers("life-readahead");
+    let mp = l.mountpoint("mp");
+    let m = TestMount::lowerdir(&l.layers, &mp);
+    let dev = fs::metadata(&mp).unwrap().dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let kb = fs::read_to_string(&knob).unwrap_or_else(|e| panic!("{knob}: {e}"));
+    assert_eq!(kb.trim(), "4096", "{knob}");
     m.unmount();
     assert_nothing_left(&mp);
 }
