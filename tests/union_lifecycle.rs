@@ -413,3 +413,44 @@ fn foreground_mode_serves_and_exits_0() {
         assert_nothing_left(&mp);
     }
 }
+
+/// The names of process `pid`'s threads.
+fn thread_names(pid: i32) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A mount starts the threads it uses and no more: every mount has its request threads, and
+/// only a read-only one the page-store worker (with an upper layer nothing is stored into the
+/// page cache, and Podman starts one process per container).
+#[test]
+fn only_read_only_mounts_start_a_page_store_thread() {
+    require_root();
+    let l = layers("life-threads");
+    let ro_mp = l.mountpoint("ro");
+    let ro = TestMount::lowerdir(&l.layers, &ro_mp);
+    let ro_threads = thread_names(ro.daemon().unwrap());
+    let (upper, work, rw_mp) = (l.scratch.mkdir("upper"), l.scratch.mkdir("work"), l.mountpoint("rw"));
+    let mut opts = lowerdir_option(&l.layers);
+    opts.push(format!(",upperdir={},workdir={}", upper.display(), work.display()));
+    let rw = TestMount::parallaxfs(&["-o".into(), opts, rw_mp.clone().into()], &rw_mp);
+    fs::write(rw_mp.join("new-file"), b"x").unwrap();
+    let rw_threads = thread_names(rw.daemon().unwrap());
+    for names in [&ro_threads, &rw_threads] {
+        // At least four request threads, the main thread one of them.
+        assert!(names.iter().filter(|n| n.starts_with("fuser-")).count() >= 3, "threads: {names:?}");
+    }
+    assert!(ro_threads.iter().any(|n| n == "page-store"), "read-only mount threads: {ro_threads:?}");
+    assert!(!rw_threads.iter().any(|n| n == "page-store"), "writable mount threads: {rw_threads:?}");
+    check_serving(&ro_mp);
+    check_serving(&rw_mp);
+    ro.unmount();
+    rw.unmount();
+    assert_nothing_left(&ro_mp);
+    assert_nothing_left(&rw_mp);
+}

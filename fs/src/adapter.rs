@@ -81,7 +81,7 @@ impl OverlayFs {
     /// Serves `stack` (without an upper layer every modifying request is answered EROFS).
     pub fn new(stack: Stack) -> Result<OverlayFs, Error> {
         let root = stack.root()?;
-        let page_store = PageStore::start()?;
+        let page_store = PageStore::start(!stack.writable())?;
         Ok(OverlayFs {
             stack: std::sync::Arc::new(stack),
             nodes: NodeTable::new(root),
@@ -90,8 +90,8 @@ impl OverlayFs {
             ttl: IMMUTABLE_TTL,
             on_destroy: None,
             passthrough: std::sync::atomic::AtomicBool::new(false),
-            backing: dashmap::DashMap::new(),
-            backing_of_handle: dashmap::DashMap::new(),
+            backing: crate::new_map(),
+            backing_of_handle: crate::new_map(),
             cached: crate::io_mode::CachedOpens::default(),
             no_open: std::sync::atomic::AtomicBool::new(false),
             no_opendir: std::sync::atomic::AtomicBool::new(false),

@@ -15,7 +15,7 @@ pub struct Handles<T> {
 
 impl<T> Default for Handles<T> {
     fn default() -> Self {
-        Handles { map: DashMap::new(), next: AtomicU64::new(1) }
+        Handles { map: crate::new_map(), next: AtomicU64::new(1) }
     }
 }
 

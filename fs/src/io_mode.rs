@@ -8,10 +8,16 @@
 use dashmap::DashMap;
 
 /// Cached (non-passthrough) open handles, per node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CachedOpens {
     by_node: DashMap<u64, u64>,
     node_of: DashMap<u64, u64>,
+}
+
+impl Default for CachedOpens {
+    fn default() -> Self {
+        CachedOpens { by_node: crate::new_map(), node_of: crate::new_map() }
+    }
 }
 
 impl CachedOpens {

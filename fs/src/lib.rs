@@ -27,6 +27,12 @@ pub use fuser::{Session, SessionUnmounter};
 pub use parallaxfs_overlay as overlay;
 pub use prefetch::Mode as PrefetchMode;
 
+/// An empty concurrent map sharded for this machine's cores (`DashMap::new` asks
+/// `available_parallelism`, which reads cgroup files, on every mount).
+pub(crate) fn new_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V> {
+    dashmap::DashMap::with_shard_amount(parallaxfs_overlay::squash::map_shards())
+}
+
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {

@@ -100,10 +100,16 @@ pub struct Version {
 }
 
 /// Versions of the directories of a writable stack, moved after every change of their names.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Versions {
     changed: DashMap<u64, u64>,
     dir_renames: AtomicU64,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions { changed: crate::new_map(), dir_renames: AtomicU64::new(0) }
+    }
 }
 
 impl Versions {

@@ -43,7 +43,7 @@ pub struct NodeTable {
 impl NodeTable {
     /// A table holding only the root.
     pub fn new(root: Node) -> NodeTable {
-        NodeTable { root, nodes: DashMap::new() }
+        NodeTable { root, nodes: crate::new_map() }
     }
 
     /// The node with id `id`, if the kernel may still use it.

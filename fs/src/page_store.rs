@@ -36,6 +36,8 @@ pub struct PageStore {
     sender: SyncSender<Job>,
     notifier: Arc<OnceLock<Notifier>>,
     free: Arc<BufferPool>,
+    /// Whether the worker runs; without it no span is ever asked for.
+    enabled: bool,
 }
 
 impl std::fmt::Debug for PageStore {
@@ -45,13 +47,18 @@ impl std::fmt::Debug for PageStore {
 }
 
 impl PageStore {
-    /// Starts the worker; it stays idle until [`PageStore::set_notifier`] is called.
-    pub fn start() -> std::io::Result<PageStore> {
+    /// Starts the worker when `enabled` (read-only stacks: with an upper layer nothing is
+    /// stored, see `OverlayFs::read`, and a thread per container would be started for
+    /// nothing); it stays idle until the session's notifier is in [`PageStore::notifier_slot`].
+    pub fn start(enabled: bool) -> std::io::Result<PageStore> {
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let notifier: Arc<OnceLock<Notifier>> = Arc::new(OnceLock::new());
         let worker_notifier = notifier.clone();
         // Two spans' worth of buffers wait for reuse.
         let free = Arc::new(BufferPool::new(2, 2 * MAX_SPAN as usize));
+        if !enabled {
+            return Ok(PageStore { sender, notifier, free, enabled });
+        }
         let worker_free = free.clone();
         std::thread::Builder::new().name("page-store".into()).spawn(move || {
             while let Ok(job) = receiver.recv() {
@@ -62,7 +69,7 @@ impl PageStore {
                 worker_free.give(job.bytes);
             }
         })?;
-        Ok(PageStore { sender, notifier, free })
+        Ok(PageStore { sender, notifier, free, enabled })
     }
 
     /// The handle the worker needs once the session exists.
@@ -74,7 +81,7 @@ impl PageStore {
     /// one unit: `(start, len)`, or None when nothing should be stored.
     pub fn span(&self, file: &FileHandle, offset: u64, size: u64) -> Option<(u64, u64)> {
         let unit = file.decode_unit()?;
-        if size >= unit || self.notifier.get().is_none() {
+        if !self.enabled || size >= unit || self.notifier.get().is_none() {
             return None;
         }
         let start = offset / unit * unit;

@@ -17,10 +17,17 @@ pub fn lower_slot(index: usize) -> u16 {
 }
 
 /// Allocator of union-wide inode numbers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InodeNumbers {
     overflow: DashMap<(u16, u64), u64>,
     next: AtomicU64,
+}
+
+impl Default for InodeNumbers {
+    fn default() -> Self {
+        // Only numbers of 2^48 and more land here: two shards are plenty.
+        InodeNumbers { overflow: DashMap::with_shard_amount(2), next: AtomicU64::new(0) }
+    }
 }
 
 impl InodeNumbers {

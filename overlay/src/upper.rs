@@ -88,7 +88,7 @@ impl Upper {
             counter: AtomicU64::new(0),
             pid: std::process::id(),
             share_whiteouts: std::sync::atomic::AtomicBool::new(true),
-            numbers: DashMap::new(),
+            numbers: DashMap::with_shard_amount(crate::squash::map_shards()),
         };
         up.remove_children(up.work.as_fd()).map_err(|e| bad(workdir, format!("cannot clean work directory: {e}")))?;
         up.format = up.probe_whiteout();

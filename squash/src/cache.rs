@@ -155,11 +155,22 @@ impl<T> std::fmt::Debug for ObjectCache<T> {
     }
 }
 
-/// CPUs this process may use, asked once: the standard library reads several cgroup files
-/// each time it is asked (a tenth of a millisecond of every mount went there).
+/// CPUs this process may run on (its affinity mask, which Slurm's and Podman's cpusets set),
+/// asked once. Not `available_parallelism`: that reads /proc/self/cgroup and the cgroup's CPU
+/// quota files on every call (a tenth of a millisecond of every mount went there); a quota
+/// limits CPU time, not how many threads may run at once.
 pub fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+    *CORES.get_or_init(|| {
+        let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else { return 4 };
+        (0..nix::sched::CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).count().max(1)
+    })
+}
+
+/// Shards for a concurrent map used by every request thread: a power of two, four per core
+/// (as dashmap's default, which asks `available_parallelism` itself).
+pub fn map_shards() -> usize {
+    (cores() * 4).next_power_of_two().max(2)
 }
 
 /// A cache of at most `items` entries, sharded for [`cores`] (quick_cache's own default asks
@@ -187,5 +198,19 @@ impl<T> ObjectCache<T> {
 
     pub(crate) fn get_or_load(&self, key: u64, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
         self.cache.get_or_insert_with(&key, || load().map(Arc::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cores, map_shards};
+
+    #[test]
+    fn cores_are_the_cpus_of_the_affinity_mask() {
+        // `nproc` counts the CPUs of the affinity mask too (and ignores cgroup quotas).
+        let out = std::process::Command::new("nproc").env_remove("OMP_NUM_THREADS").output().unwrap();
+        let nproc: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_eq!(cores(), nproc);
+        assert!(map_shards().is_power_of_two() && map_shards() >= 2 * cores());
     }
 }

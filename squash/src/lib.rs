@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use block_buf::BufferPool;
-pub use cache::{cores, counted_cache, CacheConfig, Stats};
+pub use cache::{cores, counted_cache, map_shards, CacheConfig, Stats};
 pub use check::{check, CheckFault, CheckReport};
 pub use compress::{Compressor, CompressorOptions};
 pub use dir::DirEntry;
