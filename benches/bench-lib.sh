@@ -214,10 +214,21 @@ install_traps() {
     trap 'exit 129' HUP
 }
 
+# The parallaxfs binary a bench measures: $PARALLAXFS, else the installed form, the statically
+# linked build (scripts/build-static: rebuilt when the sources changed, a no-op otherwise).
+pfs_binary() {
+    if [[ -n ${PARALLAXFS:-} ]]; then
+        echo "$PARALLAXFS"
+    else
+        "$REPO/scripts/build-static" >/dev/null || die "scripts/build-static failed"
+        echo "$REPO/target/static/parallaxfs"
+    fi
+}
+
 # Copies a binary into WORK/bin so a cargo build during the run cannot swap it; prints the path.
 private_copy() {
     local src=$1 dst=$WORK/bin/$(basename "$1")
-    [[ -x $src ]] || die "$src missing: cargo build --release"
+    [[ -x $src ]] || die "$src missing (PARALLAXFS, or scripts/build-static)"
     mkdir -p "$WORK/bin"
     cp -fp "$src" "$dst.tmp" && mv -f "$dst.tmp" "$dst"
     echo "$dst"

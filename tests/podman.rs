@@ -51,8 +51,11 @@ fn rootless_user() -> (u32, u32) {
 
 const RUN_FLAGS: [&str; 6] = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
 
+/// The binary under test: `PARALLAXFS_TEST_BIN` when set (the statically linked build, see
+/// scripts/test-all), else the one cargo built.
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_parallaxfs")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("PARALLAXFS_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_parallaxfs").into()))
 }
 
 fn text(o: &Output) -> String {

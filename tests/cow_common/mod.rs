@@ -109,7 +109,7 @@ impl Guard {
         // The log goes to a file beside the mountpoint (a pipe nobody drains could block it).
         let log_path = mp.with_extension("log");
         let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_parallaxfs"))
+        let child = Command::new(pfs_bin())
             .args(["-f", "-o", &opts])
             .arg(mp)
             .envs(env.iter().copied())
@@ -308,4 +308,10 @@ pub fn entries(dir: &Path) -> Vec<String> {
         Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// The binary under test: `PARALLAXFS_TEST_BIN` when set (the statically linked build, see
+/// scripts/test-all), else the one cargo built.
+pub fn pfs_bin() -> std::ffi::OsString {
+    std::env::var_os("PARALLAXFS_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_parallaxfs").into())
 }

@@ -46,9 +46,14 @@ use sha2::{Digest, Sha256};
 /// `statfs.f_type` of every FUSE mount.
 pub const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
-/// The binary under test.
+/// The binary under test: `PARALLAXFS_TEST_BIN` when set (scripts/test-all runs part of the
+/// suite again against the statically linked build), else the one cargo built.
 pub fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_parallaxfs"))
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("PARALLAXFS_TEST_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_parallaxfs")), PathBuf::from)
+    })
 }
 
 fn in_path(tool: &str) -> bool {
