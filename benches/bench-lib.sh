@@ -220,8 +220,7 @@ pfs_binary() {
     if [[ -n ${PARALLAXFS:-} ]]; then
         echo "$PARALLAXFS"
     else
-        "$REPO/scripts/build-static" >/dev/null || die "scripts/build-static failed"
-        echo "$REPO/target/static/parallaxfs"
+        "$REPO/scripts/build-static" || die "scripts/build-static failed"
     fi
 }
 
