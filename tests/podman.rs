@@ -490,6 +490,7 @@ fn bad_layer_gives_one_clear_error_and_nothing_mounted() {
     fs::create_dir_all(&ro_upper).unwrap();
     let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&ro_upper).status().unwrap();
     assert!(st.success());
+    let ro_upper_mount = UnmountOnDrop(ro_upper.clone());
     fs::create_dir_all(ro_upper.join("u")).unwrap();
     fs::create_dir_all(ro_upper.join("w")).unwrap();
     let st = Command::new("mount").args(["-o", "remount,ro"]).arg(&ro_upper).status().unwrap();
@@ -510,6 +511,15 @@ fn bad_layer_gives_one_clear_error_and_nothing_mounted() {
         assert!(!mounted, "{opts}: left mounted");
     }
     assert!(daemons_under(&dir).is_empty());
-    let _ = Command::new("umount").arg(&ro_upper).status();
+    drop(ro_upper_mount);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Unmounts its path when dropped: also when an assertion fails before the test's end.
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
