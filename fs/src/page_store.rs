@@ -12,6 +12,7 @@
 //! decompress it a second time whenever the block cache dropped it meanwhile (it did, for
 //! half of all blocks of a cold random read with four readers).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 
@@ -24,6 +25,10 @@ use crate::handles::FileHandle;
 const MAX_SPAN: u64 = 1 << 20;
 /// Pending spans; more are dropped (the data is only an optimisation).
 const QUEUE: usize = 64;
+/// Bytes of pending spans; more are dropped. A store can wait for page locks that queued
+/// reads hold, so under cold random reads the queue fills: 64 blocks of 128 KiB put 8 MiB on
+/// the daemon's peak RSS, which this bound caps.
+const QUEUED_BYTES: usize = 1 << 20;
 
 struct Job {
     node: u64,
@@ -36,6 +41,8 @@ pub struct PageStore {
     sender: SyncSender<Job>,
     notifier: Arc<OnceLock<Notifier>>,
     free: Arc<BufferPool>,
+    /// Bytes of the spans in the queue and in the worker's hands.
+    queued: Arc<ByteBudget>,
     /// Whether the worker runs; without it no span is ever asked for.
     enabled: bool,
 }
@@ -56,20 +63,23 @@ impl PageStore {
         let worker_notifier = notifier.clone();
         // Two spans' worth of buffers wait for reuse.
         let free = Arc::new(BufferPool::new(2, 2 * MAX_SPAN as usize));
+        let queued = Arc::new(ByteBudget::new(QUEUED_BYTES));
         if !enabled {
-            return Ok(PageStore { sender, notifier, free, enabled });
+            return Ok(PageStore { sender, notifier, free, queued, enabled });
         }
         let worker_free = free.clone();
+        let worker_queued = queued.clone();
         std::thread::Builder::new().name("page-store".into()).spawn(move || {
             while let Ok(job) = receiver.recv() {
                 if let Some(notifier) = worker_notifier.get() {
                     // ENOENT (inode no longer cached) and similar are harmless: skip.
                     let _ = notifier.store(INodeNo(job.node), job.start, &job.bytes);
                 }
+                worker_queued.release(job.bytes.len());
                 worker_free.give(job.bytes);
             }
         })?;
-        Ok(PageStore { sender, notifier, free, enabled })
+        Ok(PageStore { sender, notifier, free, queued, enabled })
     }
 
     /// The handle the worker needs once the session exists.
@@ -98,10 +108,77 @@ impl PageStore {
 
     /// Queues `bytes`, read at `start` of FUSE node `node`, for storing into the page cache.
     pub fn store(&self, node: u64, start: u64, bytes: Vec<u8>) {
+        let len = bytes.len();
+        if !self.queued.try_reserve(len) {
+            self.free.give(bytes);
+            return;
+        }
         match self.sender.try_send(Job { node, start, bytes }) {
             Ok(()) => {}
-            Err(TrySendError::Full(job)) => self.free.give(job.bytes),
-            Err(TrySendError::Disconnected(_)) => tracing::debug!("page store worker gone"),
+            Err(TrySendError::Full(job)) => {
+                self.queued.release(len);
+                self.free.give(job.bytes);
+            }
+            Err(TrySendError::Disconnected(job)) => {
+                self.queued.release(len);
+                self.free.give(job.bytes);
+                tracing::debug!("page store worker gone");
+            }
         }
+    }
+}
+
+/// A count of bytes held, refused past a limit.
+#[derive(Debug)]
+struct ByteBudget {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl ByteBudget {
+    fn new(limit: usize) -> ByteBudget {
+        ByteBudget { held: AtomicUsize::new(0), limit }
+    }
+
+    /// Takes `len` bytes of the budget if they fit.
+    fn try_reserve(&self, len: usize) -> bool {
+        let limit = self.limit;
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(len).filter(|&total| total <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `len` bytes taken by [`ByteBudget::try_reserve`].
+    fn release(&self, len: usize) {
+        self.held.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_what_does_not_fit_until_bytes_come_back() {
+        let budget = ByteBudget::new(QUEUED_BYTES);
+        let block = 128 << 10;
+        let taken = (0..QUEUED_BYTES / block + 3).filter(|_| budget.try_reserve(block)).count();
+        assert_eq!(taken, QUEUED_BYTES / block);
+        assert!(!budget.try_reserve(1));
+        budget.release(block);
+        assert!(!budget.try_reserve(block + 1));
+        assert!(budget.try_reserve(block));
+        assert!(!budget.try_reserve(usize::MAX));
+    }
+
+    #[test]
+    fn a_store_without_a_worker_gives_its_bytes_back() {
+        let store = PageStore::start(false).unwrap();
+        for _ in 0..3 {
+            store.store(1, 0, vec![0; QUEUED_BYTES]);
+        }
+        assert_eq!(store.queued.held.load(Ordering::Relaxed), 0);
     }
 }
