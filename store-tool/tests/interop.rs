@@ -147,19 +147,33 @@ fn parallax_store_is_listed_verified_mounted_skipped_and_removed() {
     let images = p.consumer(&store).args(["images", "--format", "{{.Repository}}:{{.Tag}}"]).output().unwrap();
     assert!(text(&images).contains("localhost/tbox:latest"), "{}", text(&images));
 
-    // parallaxfs serves the side-car for the lowerdir spelling Podman 4.3 uses.
-    let mp = p.dir.path().join("mnt");
-    fs::create_dir(&mp).unwrap();
-    let out = Command::new(common::parallaxfs())
-        .arg("-o")
-        .arg(format!("lowerdir={}/overlay/l/{link}", s))
-        .arg(&mp)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let _m = common::Mounted(mp.clone());
-    assert_eq!(fs::read_to_string(mp.join("etc/os-release")).unwrap(), "NAME=tbox-from-parallax\n");
-    drop(_m);
+    // parallaxfs serves the side-car for both lowerdir spellings: `overlay/l/LINK` (Podman
+    // 4.3) and `overlay/ID/diff` (newer containers/storage), read-only and under a writable
+    // upper as for a container. The diff directory holds only the migration marker: the
+    // file read back exists only in the side-car.
+    let layer = format!("{:0>64}", "c3d4");
+    for (i, lower) in [format!("{s}/overlay/l/{link}"), format!("{s}/overlay/{layer}/diff")].iter().enumerate() {
+        for writable in [false, true] {
+            let base = p.dir.path().join(format!("mnt-{i}-{writable}"));
+            let mp = base.join("m");
+            for d in ["m", "u", "w"] {
+                fs::create_dir_all(base.join(d)).unwrap();
+            }
+            let mut opts = format!("lowerdir={lower}");
+            if writable {
+                opts += &format!(",upperdir={},workdir={}", base.join("u").display(), base.join("w").display());
+            }
+            let out = Command::new(common::parallaxfs()).arg("-o").arg(&opts).arg(&mp).output().unwrap();
+            assert!(out.status.success(), "{opts}: {}", text(&out));
+            let _m = common::Mounted(mp.clone());
+            let release = fs::read_to_string(mp.join("etc/os-release")).unwrap_or_else(|e| panic!("{opts}: {e}"));
+            assert_eq!(release, "NAME=tbox-from-parallax\n", "{opts}");
+            assert!(
+                !mp.join(".migrationv3-tbox-latest").exists(),
+                "{opts}: the diff dir was mounted, not the side-car"
+            );
+        }
+    }
 
     // migrate of the same name: already migrated, nothing changes.
     let before = common::snapshot(&store);
