@@ -216,6 +216,23 @@ impl Podman {
             .collect()
     }
 
+    /// Containers PREFIX0..PREFIX{n-1} each wrote their index to /tmp/me: each must read its
+    /// own (containers of one image never share an upper). Waits for the writes to land.
+    fn assert_each_sees_its_own_upper(&self, prefix: &str, n: usize) {
+        for i in 0..n {
+            let name = format!("{prefix}{i}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let o = self.try_run(&["exec", &name, "cat", "/tmp/me"]);
+                if o.status.success() && String::from_utf8_lossy(&o.stdout) == format!("{i}\n") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name} does not see its own upper: {}", text(&o));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
     /// Waits until no parallaxfs process and no mount of this store is left.
     fn assert_clean(&self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -294,38 +311,18 @@ fn info_shows_the_mount_program_version() {
     assert!(info.contains(&format!("parallaxfs: version {}", env!("CARGO_PKG_VERSION"))), "{info}");
 }
 
-/// What `podman diff` and `podman commit` see must be what the kernel overlay driver gives for
-/// the same changes: the committed images must show the same tree, and the diff is the one the
-/// kernel driver prints for these changes (checked by hand on this Podman; in this harness the
-/// kernel driver's own `podman diff` lists the whole image as added, so it is not the oracle).
-#[test]
-fn diff_and_commit_match_the_kernel_overlay_driver() {
-    let script = "echo new > /tmp/created; rm /etc/motd; echo v2 > /opt/app/config; \
-                  rm -rf /var/lib/stuff/keep; mkdir -p /var/lib/stuff/keep; touch /var/lib/stuff/keep/fresh; \
-                  mkdir /newdir; ln -s /etc/passwd /newdir/link";
-    let mut diffs = Vec::new();
-    for pfs in [true, false] {
-        let p = Podman::new(if pfs { "diff-pfs" } else { "diff-kernel" }, pfs);
-        // `podman diff NAME` takes an image ID prefix before a container name: a container named
-        // "d" would be read as any image whose ID starts with d (one run in 16). Say `container`.
-        let mut args = vec!["run", "--name", "differ"];
-        args.extend(RUN_FLAGS);
-        args.extend(["localhost/bb", "sh", "-c", script]);
-        p.ok(&args);
-        let diff: BTreeSet<String> = p.ok(&["container", "diff", "differ"]).lines().map(str::to_string).collect();
-        p.ok(&["commit", "-q", "differ", "localhost/committed"]);
-        let seen = p.run_in(
-            "localhost/committed",
-            "cat /etc/motd 2>/dev/null || echo gone; cat /opt/app/config /tmp/created; ls /var/lib/stuff/keep; \
-             ls -l /newdir/link | sed 's/.* -> //'",
-        );
-        p.ok(&["rm", "differ"]);
-        p.assert_clean("diff/commit");
-        diffs.push((diff, seen));
-    }
-    assert_eq!(diffs[0].1, diffs[1].1, "committed image: parallaxfs (left) vs kernel overlay driver (right)");
-    assert_eq!(diffs[0].1, "gone\nv2\nnew\nfresh\n/etc/passwd\n");
-    let expected: BTreeSet<String> = [
+/// Changes made in a container for the diff/commit tests: created, deleted, changed files, a
+/// lower directory replaced by a new one, a new directory with a symlink.
+const CHANGES: &str = "echo new > /tmp/created; rm /etc/motd; echo v2 > /opt/app/config; \
+                       rm -rf /var/lib/stuff/keep; mkdir -p /var/lib/stuff/keep; touch /var/lib/stuff/keep/fresh; \
+                       mkdir /newdir; ln -s /etc/passwd /newdir/link";
+
+/// What a container of the committed image prints of those changes.
+const COMMITTED_VIEW: &str = "gone\nv2\nnew\nfresh\n/etc/passwd\n";
+
+/// The `podman container diff` of [`CHANGES`], as the kernel overlay driver gives it.
+fn changes_diff() -> BTreeSet<String> {
+    [
         "A /newdir",
         "A /newdir/link",
         "A /tmp/created",
@@ -344,16 +341,47 @@ fn diff_and_commit_match_the_kernel_overlay_driver() {
     ]
     .into_iter()
     .map(str::to_string)
-    .collect();
-    assert_eq!(diffs[0].0, expected, "podman diff through parallaxfs");
+    .collect()
 }
 
-/// A multi-layer image built by `podman build` (every RUN step is a container mounted through
-/// parallaxfs, then committed): deletions become whiteouts and opaque dirs in the layers, and
-/// a container of the final image must show exactly the result.
+/// Runs [`CHANGES`] in a container, then returns its `podman container diff` and what a
+/// container of the image committed from it shows.
+fn diff_and_commit(p: &Podman) -> (BTreeSet<String>, String) {
+    // `podman diff NAME` takes an image ID prefix before a container name: a container named
+    // "d" would be read as any image whose ID starts with d (one run in 16). Say `container`.
+    let mut args = vec!["run", "--name", "differ"];
+    args.extend(RUN_FLAGS);
+    args.extend(["localhost/bb", "sh", "-c", CHANGES]);
+    p.ok(&args);
+    let diff: BTreeSet<String> = p.ok(&["container", "diff", "differ"]).lines().map(str::to_string).collect();
+    p.ok(&["commit", "-q", "differ", "localhost/committed"]);
+    let seen = p.run_in(
+        "localhost/committed",
+        "cat /etc/motd 2>/dev/null || echo gone; cat /opt/app/config /tmp/created; ls /var/lib/stuff/keep; \
+         ls -l /newdir/link | sed 's/.* -> //'",
+    );
+    p.ok(&["rm", "differ"]);
+    p.assert_clean("diff/commit");
+    (diff, seen)
+}
+
+/// What `podman diff` and `podman commit` see must be what the kernel overlay driver gives for
+/// the same changes: the committed images must show the same tree, and the diff is the one the
+/// kernel driver prints for these changes (checked by hand on this Podman; in this harness the
+/// kernel driver's own `podman diff` lists the whole image as added, so it is not the oracle).
 #[test]
-fn multi_layer_build_with_whiteouts_and_opaque_dirs() {
-    let p = Podman::new("build", true);
+fn diff_and_commit_match_the_kernel_overlay_driver() {
+    let pfs = diff_and_commit(&Podman::new("diff-pfs", true));
+    let kernel = diff_and_commit(&Podman::new("diff-kernel", false));
+    assert_eq!(pfs.1, kernel.1, "committed image: parallaxfs (left) vs kernel overlay driver (right)");
+    assert_eq!(pfs.1, COMMITTED_VIEW);
+    assert_eq!(pfs.0, changes_diff(), "podman diff through parallaxfs");
+}
+
+/// Builds a three-step image with `podman build` (every RUN step is a container mounted
+/// through the mount program, then committed: deletions become whiteouts and opaque dirs in
+/// the layers) and returns what a container of it shows.
+fn build_layers(p: &Podman) -> String {
     let ctx = p.dir.join("ctx");
     fs::create_dir_all(&ctx).unwrap();
     fs::write(
@@ -364,18 +392,29 @@ fn multi_layer_build_with_whiteouts_and_opaque_dirs() {
          RUN mv /opt/app /opt/moved && echo three > /opt/moved/third\n",
     )
     .unwrap();
+    if let Some(u) = p.user {
+        let st = Command::new("chown").arg("-R").arg(u).arg(&ctx).status().unwrap();
+        assert!(st.success());
+    }
     let mut args = vec!["build", "-q", "--runtime", "runc", "--network", "none", "-t", "localhost/layers"];
     args.push(ctx.to_str().unwrap());
     p.ok(&args);
-    let out = p.run_in(
+    p.run_in(
         "localhost/layers",
         "cat /etc/motd 2>/dev/null || echo gone; find /var/lib/stuff | sort; ls /opt; \
          cat /opt/moved/config /opt/moved/second /opt/moved/third",
-    );
-    assert_eq!(
-        out, "gone\n/var/lib/stuff\n/var/lib/stuff/new\n/var/lib/stuff/new/f\nmoved\nv1\ntwo\nthree\n",
-        "view of the built image"
-    );
+    )
+}
+
+/// What a container of [`build_layers`]'s image must show.
+const BUILT_VIEW: &str = "gone\n/var/lib/stuff\n/var/lib/stuff/new\n/var/lib/stuff/new/f\nmoved\nv1\ntwo\nthree\n";
+
+/// A multi-layer image built by `podman build`: a container of the final image must show
+/// exactly the result of the steps.
+#[test]
+fn multi_layer_build_with_whiteouts_and_opaque_dirs() {
+    let p = Podman::new("build", true);
+    assert_eq!(build_layers(&p), BUILT_VIEW, "view of the built image");
     p.assert_clean("build");
 }
 
@@ -416,19 +455,7 @@ fn ten_containers_at_once_each_with_its_own_process_and_upper() {
         assert!(c.wait().unwrap().success());
     }
     assert_eq!(p.daemons().len(), 10, "one parallaxfs process per container");
-    for i in 0..10 {
-        let name = format!("c{i}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let o = p.try_run(&["exec", &name, "cat", "/tmp/me"]);
-            if o.status.success() {
-                assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{i}\n"), "container {name} sees its own upper");
-                break;
-            }
-            assert!(Instant::now() < deadline, "{name}: {}", text(&o));
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    p.assert_each_sees_its_own_upper("c", 10);
     p.ok(&["rm", "-af", "-t", "0"]);
     p.assert_clean("ten containers removed");
 }
@@ -473,6 +500,55 @@ fn rootless_run_exec_and_cleanup() {
     assert_eq!(p.ok(&args), "hello from the lower layer\n1\n");
     p.ok(&["rm", "-f", "-t", "0", "r1"]);
     p.assert_clean("rootless rm -f");
+}
+
+/// Rootless, the rest of what a user does: `podman info` names parallaxfs, diff and commit
+/// give what the rootful runs give, a multi-layer build with whiteouts and opaque dirs, an
+/// image mount (inside `podman unshare`, where rootless Podman allows it), a `-v SRC:DST:O`
+/// overlay volume, and three containers at once each with its own daemon.
+#[test]
+fn rootless_info_diff_commit_build_image_mount_volume() {
+    let p = Podman::rootless("rootless-more");
+    let info = p.ok(&["info", "--format", "{{json .Store.GraphOptions}}"]);
+    assert!(info.contains(&format!("parallaxfs: version {}", env!("CARGO_PKG_VERSION"))), "{info}");
+    let (diff, seen) = diff_and_commit(&p);
+    assert_eq!(seen, COMMITTED_VIEW, "rootless committed image");
+    assert_eq!(diff, changes_diff(), "rootless podman diff");
+    assert_eq!(build_layers(&p), BUILT_VIEW, "rootless build");
+    p.assert_clean("rootless build");
+    let out = p.ok(&[
+        "unshare",
+        "sh",
+        "-c",
+        "m=$(podman image mount localhost/bb) && cat \"$m/etc/motd\" && \
+         (echo no > \"$m/etc/x\") 2>/dev/null || echo read-only; podman image unmount localhost/bb >/dev/null",
+    ]);
+    assert_eq!(out, "hello from the lower layer\nread-only\n", "rootless image mount");
+    p.assert_clean("rootless image unmount");
+    let src = p.dir.join("vol");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("host"), "from host\n").unwrap();
+    let st = Command::new("chown").arg("-R").arg(ROOTLESS_USER).arg(&src).status().unwrap();
+    assert!(st.success());
+    let vol = format!("{}:/data:O", src.display());
+    let mut args = vec!["run", "--rm", "-v", &vol];
+    args.extend(RUN_FLAGS);
+    args.extend(["localhost/bb", "sh", "-c", "cat /data/host; echo c > /data/host; cat /data/host"]);
+    assert_eq!(p.ok(&args), "from host\nc\n", "rootless overlay volume");
+    assert_eq!(fs::read_to_string(src.join("host")).unwrap(), "from host\n", "the host dir is untouched");
+    p.assert_clean("rootless overlay volume");
+    for i in 0..3 {
+        let name = format!("r{i}");
+        let script = format!("echo {i} > /tmp/me; sleep 600");
+        let mut args = vec!["run", "-d", "--name", &name];
+        args.extend(RUN_FLAGS);
+        args.extend(["localhost/bb", "sh", "-c", &script]);
+        p.ok(&args);
+    }
+    assert_eq!(p.daemons().len(), 3, "one parallaxfs process per rootless container");
+    p.assert_each_sees_its_own_upper("r", 3);
+    p.ok(&["rm", "-af", "-t", "0"]);
+    p.assert_clean("rootless containers removed");
 }
 
 /// Bad layers: a clear one-line error from parallaxfs reaches the user; nothing stays mounted.
