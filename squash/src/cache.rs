@@ -139,6 +139,13 @@ impl<T: Weighed> BlockCache<T> {
         Ok(v)
     }
 
+    /// The cached block, if any, counted as a hit; never loads.
+    pub(crate) fn get(&self, key: u64, hits: &AtomicU64) -> Option<Arc<T>> {
+        let v = self.cache.get(&key)?;
+        Counters::bump(hits, 1);
+        Some(v)
+    }
+
     pub(crate) fn weight(&self) -> u64 {
         self.cache.weight()
     }

@@ -133,14 +133,28 @@ impl Inner {
 
     fn decompress_block(&self, at: u64, len: u32, what: &'static str) -> Result<DataBlock> {
         let mut out = BlockBuf::with_len(self.superblock.block_size as usize);
+        let n = self.decompress(at, len, out.as_mut_slice(), what)?;
+        out.truncate(n);
+        Ok(DataBlock(out))
+    }
+
+    /// Decompresses the block at `at` into `dst`, which it must fill exactly.
+    fn decompress_into(&self, at: u64, len: u32, dst: &mut [u8], what: &'static str) -> Result<()> {
+        match self.decompress(at, len, dst, what)? {
+            n if n == dst.len() => Ok(()),
+            _ => Err(Error::corrupt("data block decompressed to the wrong length", at)),
+        }
+    }
+
+    /// Decompresses the `len` bytes at `at` into `out`; returns the decompressed length.
+    fn decompress(&self, at: u64, len: u32, out: &mut [u8], what: &'static str) -> Result<usize> {
         let n = COMPRESSED.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let raw = self.source.get_block(at, len as usize, &mut scratch, what)?;
-            self.superblock.compressor.decompress(raw, out.as_mut_slice()).map_err(|()| Error::corrupt(what, at))
+            self.superblock.compressor.decompress(raw, out).map_err(|()| Error::corrupt(what, at))
         })?;
-        out.truncate(n);
         Counters::bump(&self.counters.decompressed_bytes, n as u64);
-        Ok(DataBlock(out))
+        Ok(n)
     }
 
     /// The decompressed fragment block number `index`.
@@ -229,6 +243,21 @@ impl Inner {
                     return Err(Error::corrupt("uncompressed block length", at));
                 }
                 self.source.read_into(at + within as u64, dst, "data block")?;
+            }
+            // A read of the whole block (sequential and page-store reads): decompressed straight
+            // into the caller's buffer, not through the cache. The kernel's page cache keeps
+            // what such a read returns; caching it too cost a copy of every block and kept up
+            // to a cache's worth of blocks, plus one buffer per thread, on the daemon's RSS.
+            BlockKind::Compressed(len) if within == 0 && dst.len() == logical => {
+                let c = &self.counters;
+                match self.data_cache.get(at, &c.data_hits) {
+                    Some(block) if block.0.len() == logical => dst.copy_from_slice(&block.0),
+                    Some(_) => return Err(Error::corrupt("data block decompressed to the wrong length", at)),
+                    None => {
+                        Counters::bump(&c.data_misses, 1);
+                        self.decompress_into(at, len, dst, "data block")?;
+                    }
+                }
             }
             BlockKind::Compressed(len) => {
                 let block = self.data_block(at, len, logical)?;

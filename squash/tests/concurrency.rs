@@ -197,6 +197,41 @@ fn concurrent_misses_on_one_block_decompress_it_once() {
     }
 }
 
+/// A read of a whole block (what sequential and page-store reads ask) is decompressed into
+/// the caller's buffer and never enters the block cache; a block already cached by a partial
+/// read is served from the cache.
+#[test]
+fn whole_block_reads_bypass_the_block_cache() {
+    let (root, image) = fixture();
+    let data = std::fs::read(root.join("f0")).unwrap();
+    for io in [IoMode::Mmap, IoMode::Pread] {
+        let img = open(image, io, CacheConfig::default());
+        let inode = img.resolve(b"/f0").unwrap();
+        let bs = img.superblock().block_size as usize;
+        let mut block = vec![0u8; bs];
+        // Block 0 first: the file's block list is then in the metadata cache.
+        assert_eq!(img.read_at(&inode, 0, &mut block).unwrap(), bs);
+        assert!(block == data[..bs]);
+        for k in [1usize, 1] {
+            let before = img.stats();
+            assert_eq!(img.read_at(&inode, (k * bs) as u64, &mut block).unwrap(), bs);
+            assert!(block == data[k * bs..(k + 1) * bs], "{io:?} block {k}");
+            let after = img.stats();
+            assert_eq!(after.data_misses - before.data_misses, 1, "{io:?}: a whole block is decompressed");
+            assert_eq!(after.cached_bytes, before.cached_bytes, "{io:?}: and not cached");
+        }
+        let mut page = vec![0u8; 4096];
+        img.read_at(&inode, (2 * bs + 100) as u64, &mut page).unwrap();
+        assert!(page == data[2 * bs + 100..2 * bs + 4196]);
+        let before = img.stats();
+        assert!(before.cached_bytes > 0, "{io:?}: a partial read caches its block");
+        assert_eq!(img.read_at(&inode, (2 * bs) as u64, &mut block).unwrap(), bs);
+        assert!(block == data[2 * bs..3 * bs]);
+        let after = img.stats();
+        assert_eq!((after.data_misses, after.data_hits), (before.data_misses, before.data_hits + 1), "{io:?}");
+    }
+}
+
 /// Open is cheap to repeat from many threads at once, and clones share one cache.
 #[test]
 fn clones_share_caches() {
