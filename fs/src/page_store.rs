@@ -113,18 +113,16 @@ impl PageStore {
             self.free.give(bytes);
             return;
         }
-        match self.sender.try_send(Job { node, start, bytes }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => {
-                self.queued.release(len);
-                self.free.give(job.bytes);
-            }
+        let job = match self.sender.try_send(Job { node, start, bytes }) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job)) => job,
             Err(TrySendError::Disconnected(job)) => {
-                self.queued.release(len);
-                self.free.give(job.bytes);
                 tracing::debug!("page store worker gone");
+                job
             }
-        }
+        };
+        self.queued.release(len);
+        self.free.give(job.bytes);
     }
 }
 
