@@ -414,10 +414,11 @@ fn foreground_mode_serves_and_exits_0() {
     }
 }
 
-/// The names of process `pid`'s threads once each has named itself (a thread takes its name
-/// from inside, after it started: until then it shows the process's name, which only the
-/// main thread keeps).
-fn thread_names(pid: i32) -> Vec<String> {
+/// The names of process `pid`'s threads once each has named itself and the session has
+/// started its `fuser_threads` request threads. A thread takes its name from inside, after it
+/// started (until then it shows the process's name, which only the main thread keeps), and the
+/// session spawns its request threads one after the other after the mount is already live.
+fn thread_names(pid: i32, fuser_threads: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut names: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
@@ -426,11 +427,21 @@ fn thread_names(pid: i32) -> Vec<String> {
             .map(|c| c.trim().to_string())
             .collect();
         names.sort();
-        if names.iter().filter(|n| *n == "parallaxfs").count() == 1 || Instant::now() > deadline {
+        let settled = names.iter().filter(|n| *n == "parallaxfs").count() == 1
+            && names.iter().filter(|n| n.starts_with("fuser-")).count() == fuser_threads;
+        if settled || Instant::now() > deadline {
             return names;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The request threads a mount starts by default: one per CPU this process may run on, at
+/// least 4 (what `nproc` counts).
+fn default_request_threads() -> usize {
+    let out = Command::new("nproc").env_remove("OMP_NUM_THREADS").output().unwrap();
+    let cpus: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    cpus.max(4)
 }
 
 /// A mount starts the threads it uses and no more: every mount has its request threads, and
@@ -442,16 +453,17 @@ fn only_read_only_mounts_start_a_page_store_thread() {
     let l = layers("life-threads");
     let ro_mp = l.mountpoint("ro");
     let ro = TestMount::lowerdir(&l.layers, &ro_mp);
-    let ro_threads = thread_names(ro.daemon().unwrap());
+    let want = default_request_threads();
+    let ro_threads = thread_names(ro.daemon().unwrap(), want);
     let (upper, work, rw_mp) = (l.scratch.mkdir("upper"), l.scratch.mkdir("work"), l.mountpoint("rw"));
     let mut opts = lowerdir_option(&l.layers);
     opts.push(format!(",upperdir={},workdir={}", upper.display(), work.display()));
     let rw = TestMount::parallaxfs(&["-o".into(), opts, rw_mp.clone().into()], &rw_mp);
     fs::write(rw_mp.join("new-file"), b"x").unwrap();
-    let rw_threads = thread_names(rw.daemon().unwrap());
+    let rw_threads = thread_names(rw.daemon().unwrap(), want);
     for names in [&ro_threads, &rw_threads] {
-        // At least four request threads, the main thread one of them.
-        assert!(names.iter().filter(|n| n.starts_with("fuser-")).count() >= 3, "threads: {names:?}");
+        assert_eq!(names.iter().filter(|n| n.starts_with("fuser-")).count(), want, "threads: {names:?}");
+        assert_eq!(names.iter().filter(|n| *n == "parallaxfs").count(), 1, "threads: {names:?}");
     }
     assert!(ro_threads.iter().any(|n| n == "page-store"), "read-only mount threads: {ro_threads:?}");
     assert!(!rw_threads.iter().any(|n| n == "page-store"), "writable mount threads: {rw_threads:?}");
