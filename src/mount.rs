@@ -165,8 +165,10 @@ fn serve(req: &MountRequest, ready: Option<crate::daemon::Ready>) -> Result<()> 
     if let Some(ready) = ready {
         let _ = nix::unistd::setsid();
         let _ = std::env::set_current_dir("/");
-        ready.send()?;
+        // Detached first: once the parent has "ready" it exits, and whoever ran it may
+        // look at this process at once (its fds are then /dev/null, none the caller's).
         detach_stdio()?;
+        ready.send()?;
     }
     session.run().context("serving the mount")?;
     Ok(())

@@ -31,7 +31,7 @@ fn run(cmd: &mut Command) {
 }
 
 fn umount(p: &Path) {
-    for _ in 0..50 {
+    for _ in 0..200 {
         if Command::new("umount").arg(p).status().is_ok_and(|s| s.success()) {
             return;
         }

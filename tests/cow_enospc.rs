@@ -57,7 +57,7 @@ fn full_upper_gives_enospc_and_loses_nothing() {
         fs::remove_file(mnt.join("filler")).unwrap();
         // FUSE sends RELEASE asynchronously after close(): the daemon closes its upper fd (and
         // the space comes back) a moment after the last close, not within it.
-        let freed = (0..200).any(|_| {
+        let freed = (0..800).any(|_| {
             let free = nix::sys::statvfs::statvfs(&small).map(|s| s.blocks_available()).unwrap_or(0);
             free > 256 || {
                 std::thread::sleep(std::time::Duration::from_millis(25));

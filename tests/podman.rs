@@ -27,6 +27,12 @@ const ROOTLESS_USER: &str = "pfs-rootless";
 /// Makes sure the rootless test user exists with subordinate id ranges, and that /dev/fuse is
 /// usable by everyone (what a site enabling rootless Podman with a FUSE mount program does).
 fn rootless_user() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    // Once per process: two rootless tests run at once, and both would add the user.
+    *IDS.get_or_init(add_rootless_user)
+}
+
+fn add_rootless_user() -> (u32, u32) {
     let have = Command::new("id").arg("-u").arg(ROOTLESS_USER).output().unwrap();
     if !have.status.success() {
         let st = Command::new("useradd").args(["-m", "-s", "/bin/sh", ROOTLESS_USER]).status().unwrap();

@@ -210,7 +210,7 @@ fn busy_mounts_refuse_plain_unmount_and_go_lazily() {
                 assert!(out.stderr.is_empty() && out.stdout.is_empty());
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while is_mounted(&mp) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -419,7 +419,7 @@ fn foreground_mode_serves_and_exits_0() {
 /// started (until then it shows the process's name, which only the main thread keeps), and the
 /// session spawns its request threads one after the other after the mount is already live.
 fn thread_names(pid: i32, fuser_threads: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut names: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()

@@ -72,8 +72,16 @@ fn kill_9_at_every_phase_then_rerun() {
         let _ = child.kill();
         let _ = child.wait();
         wait_no_mounts(&p, &format!("round {round}"));
-        let leftovers =
-            Command::new("pgrep").args(["-f", &format!("mksquashfs .*{}", store.display())]).output().unwrap();
+        // mksquashfs is killed by the tool's death (PDEATHSIG) and exits on its own schedule.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let leftovers = loop {
+            let out =
+                Command::new("pgrep").args(["-f", &format!("mksquashfs .*{}", store.display())]).output().unwrap();
+            if out.stdout.is_empty() || Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(leftovers.stdout.is_empty(), "round {round}: mksquashfs still running: {}", text(&leftovers));
         let images = p.consumer(&store).args(["images"]).output().unwrap();
         assert!(images.status.success(), "round {round}: podman cannot read the store: {}", text(&images));

@@ -283,12 +283,12 @@ pub enum Unmount {
     Umount,
 }
 
-/// Runs an unmount command; on "busy" retries for up to 2 s. Another thread of the test
+/// Runs an unmount command; on "busy" retries for up to 10 s. Another thread of the test
 /// process may be spawning a child (mksquashfs, mount) right then: until it execs, the child
 /// holds copies of every fd of the process, including ones a walker thread had open in the
 /// mount, and the kernel refuses the unmount with EBUSY.
 fn run_unmount(cmd: &mut Command) -> std::io::Result<std::process::Output> {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = cmd.output()?;
         let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
