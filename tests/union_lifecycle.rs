@@ -439,7 +439,7 @@ fn thread_names(pid: i32, fuser_threads: usize) -> Vec<String> {
 /// The request threads a mount starts by default: one per CPU this process may run on, at
 /// least 4 (what `nproc` counts).
 fn default_request_threads() -> usize {
-    let out = Command::new("nproc").env_remove("OMP_NUM_THREADS").output().unwrap();
+    let out = Command::new("nproc").env_remove("OMP_NUM_THREADS").env_remove("OMP_THREAD_LIMIT").output().unwrap();
     let cpus: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     cpus.max(4)
 }

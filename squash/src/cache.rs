@@ -215,7 +215,11 @@ mod tests {
     #[test]
     fn cores_are_the_cpus_of_the_affinity_mask() {
         // `nproc` counts the CPUs of the affinity mask too (and ignores cgroup quotas).
-        let out = std::process::Command::new("nproc").env_remove("OMP_NUM_THREADS").output().unwrap();
+        let out = std::process::Command::new("nproc")
+            .env_remove("OMP_NUM_THREADS")
+            .env_remove("OMP_THREAD_LIMIT")
+            .output()
+            .unwrap();
         let nproc: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         assert_eq!(cores(), nproc);
         assert!(map_shards().is_power_of_two() && map_shards() >= 2 * cores());
